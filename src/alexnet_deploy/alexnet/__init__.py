@@ -1,0 +1,1 @@
+"""AlexNet model and training (needs torch)."""

@@ -1,0 +1,1 @@
+"""INT8 calibration: Q/DQ ONNX from real images (no torch)."""

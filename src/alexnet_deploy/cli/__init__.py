@@ -1,0 +1,64 @@
+"""Command-line interface. Each command parses its flags and makes one library call.
+
+The group lives here; the commands live in one module per area (train, export, calibrate,
+runtime, device) so that each stays small.
+
+Library modules are imported inside the commands, so `alexnet-deploy bench --help` (and the
+runtime commands on a device) never import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from alexnet_deploy import __version__
+from alexnet_deploy.errors import AlexNetDeployError
+
+
+class _Group(click.Group):
+    """Turns AlexNetDeployError (and, without --debug, any error) into one `Error:` line, exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except AlexNetDeployError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no tracebacks without --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: unexpected {exc.__class__.__name__}: {exc} (run with --debug for the traceback)",
+                       err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="alexnet-deploy")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Info-level logging.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """AlexNet from PyTorch training to verified inference: train, export, calibrate, bench, deploy."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(obj={})
+
+
+# Each area's module adds its commands to the group when imported.
+from alexnet_deploy.cli import calibrate, device, export, runtime, train  # noqa: E402,F401

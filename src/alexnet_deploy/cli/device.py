@@ -1,0 +1,7 @@
+"""`alexnet-deploy` commands for the device area."""
+
+from __future__ import annotations
+
+import click
+
+from alexnet_deploy.cli import cli

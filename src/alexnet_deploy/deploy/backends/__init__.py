@@ -1,0 +1,1 @@
+"""One module per backend, registered by name in deploy/backend.py."""

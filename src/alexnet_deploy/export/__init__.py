@@ -1,0 +1,1 @@
+"""Artifacts: checkpoint -> ONNX, FP16 ONNX, TensorRT engines."""
