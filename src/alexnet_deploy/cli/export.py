@@ -1,7 +1,79 @@
-"""`alexnet-deploy` commands for the export area."""
+"""`alexnet-deploy export`: checkpoint -> verified bundle (ONNX, fp16 ONNX, reference, manifest)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from alexnet_deploy.cli import cli
+
+
+def _summary(manifest, out: Path, seconds: float) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"bundle {out} ({seconds:.1f} s)")
+    for column in ("file", "precision", "MB", "parity"):
+        table.add_column(column)
+    parity = manifest.parity
+    checks = {"model.onnx": parity.get("fp32", {}).get("onnx_vs_torch"), "model.fp16.onnx": parity.get("fp16_vs_fp32")}
+    for art in manifest.artifacts:
+        check = checks.get(art.file)
+        text = (f"max|Δ| {check['max_abs_diff']:.2e}, cos {check['min_cosine']:.6f}, top-1 {check['top1_agreement']:.1%}"
+                if check else "")
+        table.add_row(art.file, art.precision, f"{art.bytes / 1e6:.1f}", text)
+    console.print(table)
+    console.print(f"verified on {parity.get('n')} {parity.get('source')} inputs; opset {manifest.export.get('opset')}, "
+                  f"LRN {manifest.export.get('lrn')} ({manifest.export.get('lrn_nodes')} nodes)")
+    for item in manifest.export.get("fp16", {}).get("kept_fp32", []):
+        console.print(f"[yellow]fp16 overflow guard kept {escape(item['node'])} ({item['op_type']}) in fp32: "
+                      f"{escape(item['reason'])}")
+    engines = manifest.export.get("engines", {})
+    if engines.get("status") == "built":
+        console.print(f"TensorRT engines: {', '.join(engines['engines'])}")
+    else:
+        console.print(f"[yellow]TensorRT engines skipped ({escape(str(engines.get('reason')))}).[/] "
+                      f"Build them on the target with:\n  {escape(str(engines.get('command')))}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 compute, fp32 I/O, overflow guard).")
+@click.option("--int8", is_flag=True, help="Also calibrate model.int8.onnx (needs --calib).")
+@click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration image folder for --int8.")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Largest batch for engines (the ONNX batch axis is dynamic).")
+@click.option("--opset", default=None, type=int, help="ONNX opset (default: the pinned one, 18).")
+@click.option("--verify-data", type=click.Path(path_type=Path), help="Image folder to verify parity on.")
+@click.option("--verify-count", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Number of verification images (also stored in reference.npz).")
+@click.option("--no-engine", is_flag=True, help="Do not build TensorRT engines even if TensorRT and a GPU are here.")
+@click.option("--image-size", type=click.IntRange(min=1), help="Export at this crop size instead of the checkpoint's.")
+@click.option("--arch", type=click.Choice(["alexnet2012", "torchvision"]), help="Arch of a plain state_dict.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a plain state_dict.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
+@click.option("--lrn", default="native", show_default=True, help="LRN formulation in the ONNX graph.")
+def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | None, max_batch: int,
+           opset: int | None, verify_data: Path | None, verify_count: int, no_engine: bool, image_size: int | None,
+           arch: str | None, num_classes: int | None, no_simplify: bool, lrn: str) -> None:
+    """Export CHECKPOINT to a verified deployment bundle directory."""
+    import time
+
+    from rich.console import Console
+
+    from alexnet_deploy.export.onnx import DEFAULT_OPSET, export_bundle
+
+    if int8 and calib is None:
+        raise click.UsageError("--int8 needs --calib DIR")
+    started = time.perf_counter()
+    with Console(stderr=True).status("exporting") as status:
+        manifest = export_bundle(checkpoint, out, fp16=fp16, int8=int8, calib_dir=calib, max_batch=max_batch,
+                                 opset=opset or DEFAULT_OPSET, verify_data=verify_data, image_size=image_size,
+                                 arch=arch, num_classes=num_classes, engines=not no_engine,
+                                 simplify=not no_simplify, lrn=lrn, verify_count=verify_count,
+                                 progress=lambda message: status.update(message))
+    _summary(manifest, out, time.perf_counter() - started)

@@ -1,14 +1,166 @@
-"""`alexnet-deploy` commands for the train area."""
+"""`alexnet-deploy train` and `alexnet-deploy predict`."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import click
 
 from alexnet_deploy.cli import cli
 
+_CHOICE_ARCH = click.Choice(["alexnet2012", "torchvision"])
+
+
+def _train_options(func):
+    """The train flags; every default is None so a --config file can supply it."""
+    options = [
+        click.option("--data", type=click.Path(file_okay=False), help="Image folder: DIR/train + DIR/val, or one folder of class sub-folders (then --val or --val-split)."),
+        click.option("--val", type=click.Path(file_okay=False), help="Separate validation folder with the same class sub-folders."),
+        click.option("--val-split", type=float, help="Hold out this fraction of each class of --data (stratified, seeded)."),
+        click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/train)."),
+        click.option("--arch", type=_CHOICE_ARCH, help="alexnet2012 (paper, LRN) or torchvision (default alexnet2012)."),
+        click.option("--epochs", type=int, help="Epochs (default 5)."),
+        click.option("--batch-size", type=int, help="Batch size per process (default 64)."),
+        click.option("--lr", type=float, help="Peak learning rate (default: the recipe's)."),
+        click.option("--image-size", type=int, help="Crop size, 63..512 (default 227 alexnet2012, 224 torchvision)."),
+        click.option("--resize", type=int, help="Shorter side before cropping (default image-size*256/224)."),
+        click.option("--workers", type=int, help="Decode threads (default 2)."),
+        click.option("--seed", type=int, help="Seed for split, init, augmentation, dropout (default 0)."),
+        click.option("--resume", type=click.Path(dir_okay=False), help="Continue from a last.pt (same flags as the original run)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto (cuda when available)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file keyed by these flag names; flags override it."),
+        click.option("--max-per-class", type=int, help="Use at most N images per class (quick runs)."),
+        click.option("--recipe", type=click.Choice(["default", "paper"]), help="default: AdamW+warm-up+cosine+label smoothing; paper: the 2012 SGD recipe."),
+        click.option("--init", type=click.Choice(["default", "paper"]), help="Weight init (default: the recipe's)."),
+        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Override the recipe's optimizer."),
+        click.option("--momentum", type=float, help="SGD momentum (paper 0.9)."),
+        click.option("--weight-decay", type=float, help="Override the recipe's weight decay."),
+        click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), help="LR schedule (paper: step)."),
+        click.option("--warmup-epochs", type=float, help="Linear warm-up length in epochs."),
+        click.option("--label-smoothing", type=float, help="Cross-entropy label smoothing."),
+        click.option("--clip-grad", type=float, help="Clip the gradient norm (0 = off; recipes use 1.0)."),
+        click.option("--dropout", type=float, help="Dropout in the classifier (default 0.5)."),
+        click.option("--augment", type=click.Choice(["crop-flip", "random-resized-crop", "none"]), help="Training augmentation (default crop-flip)."),
+        click.option("--amp/--no-amp", default=None, help="Mixed precision: bf16 on CPU, fp16 on CUDA."),
+        click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
+        click.option("--wandb", metavar="PROJECT", help="Also log to this Weights & Biases project (needs wandb)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="Image folder: DIR/train + DIR/val, or one folder of class sub-folders.")
-def train(data: str) -> None:
-    """Train AlexNet on an image folder (placeholder until the foundation issue lands)."""
-    raise click.UsageError("train is being built")
+@_train_options
+def train(config_file: str | None, **flags: Any) -> None:
+    """Train AlexNet on an image folder; writes best.pt, last.pt, metrics and curves to --out.
+
+    \b
+    Example:
+      alexnet-deploy train --data examples/data/cifar10-sample --image-size 64 --epochs 3 --out runs/demo
+    """
+    from alexnet_deploy.alexnet.train import TrainConfig, load_config_file
+    from alexnet_deploy.alexnet.train import train as run_training
+
+    values = load_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if not values.get("data"):
+        raise click.UsageError("--data is required (on the command line or in --config)")
+    config = TrainConfig(**values)
+    with RichTrainProgress() as progress:
+        out = run_training(config, progress)
+    progress.summary(out)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--topk", type=int, default=5, show_default=True, help="How many classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--arch", type=_CHOICE_ARCH, help="Architecture of a plain state_dict (detected when omitted).")
+@click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
+def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch: str | None,
+            num_classes: int | None) -> None:
+    """Classify images (files or folders) with a checkpoint; prints class names and probabilities.
+
+    \b
+    Example:
+      alexnet-deploy predict runs/demo/best.pt examples/data/cifar10-sample/val/cat --topk 3
+    """
+    from alexnet_deploy.alexnet.predict import predict as run_predict
+
+    results = run_predict(source, images, topk=topk, arch=arch, num_classes=num_classes)
+    _print_predictions(results, as_json)
+
+
+def _print_predictions(results, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("image", "class", "probability")
+    for result in results:
+        for rank, (name, prob) in enumerate(result.top):
+            table.add_row(result.path if rank == 0 else "", name, f"{prob:.4f}")
+    Console().print(table)
+
+
+class RichTrainProgress:
+    """Renders train()'s progress callbacks with rich (duck-typed TrainProgress: no torch import here)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]:>9}"), TextColumn("{task.fields[loss]}"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            console=self.console, transient=False)
+        self.task = None
+        self.rows: list[dict] = []
+
+    def __enter__(self) -> "RichTrainProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def phase(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.bar.stop_task(self.task)
+        self.task = self.bar.add_task(name, total=total, rate="", loss="")
+
+    def advance(self, images: int, **info: float) -> None:
+        task = self.bar.tasks[self.task]
+        speed = task.speed
+        loss = f"loss {info['loss']:.3f}" if "loss" in info else ""
+        self.bar.update(self.task, advance=images, rate=f"{speed:.0f} img/s" if speed else "", loss=loss)
+
+    def epoch_end(self, row: dict) -> None:
+        self.rows.append(row)
+        self.bar.console.print(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}% | "
+            f"val loss {row['val_loss']:.3f} top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}% | "
+            f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
+
+    def message(self, text: str) -> None:
+        self.bar.console.print(text)
+
+    def summary(self, out) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "time")
+        for r in self.rows:
+            table.add_row(str(r["epoch"]), f"{r['train_loss']:.3f}", f"{100 * r['train_top1']:.1f}%",
+                          f"{r['val_loss']:.3f}", f"{100 * r['val_top1']:.1f}%", f"{100 * r['val_top5']:.1f}%",
+                          f"{r['elapsed_seconds']:.0f} s")
+        console = Console()
+        console.print(table)
+        console.print(f"run directory: {out} (best.pt, last.pt, metrics.csv, curves.png)")

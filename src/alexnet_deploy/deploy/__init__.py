@@ -1,5 +1,18 @@
-"""The runtime: a leaf that imports stdlib, numpy and Pillow only, never torch."""
+"""The runtime: a leaf that imports stdlib, numpy and Pillow only, never torch.
 
-from alexnet_deploy.deploy.preprocess import PreprocessSpec, preprocess
+Embedding API::
 
-__all__ = ["PreprocessSpec", "preprocess"]
+    from alexnet_deploy.deploy import load
+    model = load("bundle/")                       # best available: trt > ort-cuda > ort-cpu
+    for p in model.classify(["cat.jpg", "dog.jpg"], topk=3):
+        print(p.label, p.probability, p.topk)
+    logits = model.infer(batch)                   # float32 NCHW -> float32 logits
+
+Backends (torch, onnxruntime, tensorrt) are imported only when one is constructed.
+"""
+
+from alexnet_deploy.deploy.backend import BACKENDS, Backend, Prediction, load
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, load_image, preprocess, preprocess_threaded, softmax, top_k
+
+__all__ = ["BACKENDS", "Backend", "Prediction", "load", "PreprocessSpec", "load_image", "preprocess",
+           "preprocess_threaded", "softmax", "top_k"]

@@ -177,8 +177,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def preprocess_threaded(images: Sequence[Image.Image | str | os.PathLike], spec: PreprocessSpec,
+                        workers: int | None = None) -> np.ndarray:
+    """``preprocess`` with decode/resize spread over threads (Pillow releases the GIL while it
+    decodes and resamples), so an end-to-end run is not bound by one core. Same output, same order."""
+    images = list(images)
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(images) <= 1:
+        return preprocess(images, spec)
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = np.empty((len(images), 3, spec.crop, spec.crop), dtype=np.float32)
+
+    def one(index: int) -> None:
+        out[index] = preprocess([images[index]], spec)[0]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, range(len(images))))  # list() re-raises the first DataError
+    return out
+
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "PreprocessSpec", "is_image_file",
-    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "list_class_folder",
+    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "list_class_folder",
     "top_k", "softmax",
 ]

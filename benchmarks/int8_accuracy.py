@@ -1,0 +1,165 @@
+"""INT8 / FP16 accuracy of a trained AlexNet against fp32, on held-out images, for each calibration method.
+
+    .venv/bin/python benchmarks/int8_accuracy.py [--checkpoint runs/cifar64-default/best.pt] [--out DIR]
+
+1. Rebuilds the training run's held-out split from the checkpoint's own config (data, val_split,
+   seed, max_per_class), so the images were never seen in training; the calibration pool is drawn
+   from the training part only, so calibration and evaluation images are disjoint as well.
+2. Exports the bundle with the project's library (`export_bundle`, fp32 + fp16; no engines).
+3. Measures fp32 and fp16 on ORT CPU, then for each method runs `calibrate_bundle` (cold cache,
+   timed) and reads top-1, agreement with fp32 and flips from its report; finally `auto` with the
+   accuracy budget, which is the bundle left on disk.
+Prints a table, writes `int8_accuracy.json` and `int8_accuracy.md` in --out.
+Targets (issue 4): int8 within 0.3 top-1 points of fp32 with >= 99 % agreement; fp16 within 0.1
+points with >= 99.9 % agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = ROOT / "runs" / "cifar64-default" / "best.pt"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-train"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
+    parser.add_argument("--data", type=Path, default=None, help="image folder the run trained on (default: from "
+                                                                "the checkpoint config, else ../shared CIFAR-10)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "int8-accuracy")
+    parser.add_argument("--num-images", type=int, default=512, help="calibration images")
+    parser.add_argument("--pool-per-class", type=int, default=200, help="training images per class to sample from")
+    parser.add_argument("--num-val", type=int, default=5000, help="held-out images to measure on (at most)")
+    parser.add_argument("--methods", nargs="+", default=["entropy", "percentile", "minmax"])
+    parser.add_argument("--max-drop", type=float, default=0.3, help="budget for the final auto run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser.parse_args(argv)
+
+
+def held_out_split(ckpt_path: Path, data: Path | None):
+    """(classes, train samples, held-out samples) exactly as the training run split them."""
+    from alexnet_deploy.alexnet.checkpoint import load_checkpoint
+    from alexnet_deploy.alexnet.data import resolve_splits
+
+    ckpt = load_checkpoint(ckpt_path)
+    config = ckpt.config
+    data = data or Path(config.get("data") or DEFAULT_DATA)
+    val_split = config.get("val_split") or 0.1
+    splits = resolve_splits(data, val=config.get("val"), val_split=None if config.get("val") else val_split,
+                            seed=int(config.get("seed", 0)), max_per_class=config.get("max_per_class"))
+    return ckpt, splits
+
+
+def link_folder(root: Path, classes, samples) -> Path:
+    """A class folder of symlinks to ``samples`` (so the project's folder-based APIs see exactly them)."""
+    if root.exists():
+        shutil.rmtree(root)
+    for path, label in samples:
+        target = root / classes[label] / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(Path(path).resolve(), target)
+    return root
+
+
+def pool(samples, per_class: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    return [s for items in by_class.values() for s in (items[i] for i in rng.permutation(len(items))[:per_class])]
+
+
+def float_rows(bundle: Path, val_dir: Path, num_val: int, batch: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    from alexnet_deploy.calibration.budget import accuracy, logits
+    from alexnet_deploy.calibration.dataset import load_set
+    from alexnet_deploy.deploy.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    val = load_set(val_dir, manifest.preprocess, count=num_val, seed=1, role="val")
+    index = np.asarray([manifest.classes.index(c) for c in val.classes])[val.labels]
+    ref = logits(bundle / "model.onnx", val.images, batch)
+    rows = []
+    for precision in ("fp32", "fp16"):
+        artifact = manifest.artifact(precision)
+        if artifact is None:
+            continue
+        out = ref if precision == "fp32" else logits(bundle / artifact.file, val.images, batch)
+        acc = accuracy(out, ref, index)
+        rows.append({"precision": precision, "method": "-", "top1": acc.top1, "agreement": acc.agreement,
+                     "flips": acc.flips, "n_images": acc.n_images, "calib_s": None,
+                     "max_abs_diff": float(np.max(np.abs(out - ref)))})
+    return rows, ref, index
+
+
+def int8_row(bundle: Path, pool_dir: Path, val_dir: Path, args, method: str, max_drop=None) -> dict:
+    from alexnet_deploy.calibration import calibrate_bundle
+
+    for cached in (bundle / ".calib-cache").glob("calib-*.npz"):
+        cached.unlink()   # cold calibration cache, so the time includes decoding the images
+    started = time.perf_counter()
+    report = calibrate_bundle(bundle, calib_dir=pool_dir, val_dir=val_dir, num_images=args.num_images,
+                              method=method, batch_size=args.batch_size, num_val=args.num_val, max_drop=max_drop)
+    wall = time.perf_counter() - started
+    return {"precision": "int8", "method": report.method if method != "auto" else f"auto→{report.method}",
+            "top1": report.int8.top1, "agreement": report.int8.agreement, "flips": report.int8.flips,
+            "n_images": report.int8.n_images, "calib_s": report.timings["calibration_seconds"],
+            "wall_s": round(wall, 2), "kept_float": list(report.kept_float), "kernels": report.int8_kernels}
+
+
+def markdown(rows: list[dict], fp32_top1: float) -> str:
+    lines = ["| precision | method | top-1 % | Δ vs fp32 (pts) | agreement % | flips | calibration s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = r["top1"] - fp32_top1
+        calib = "-" if r.get("calib_s") is None else f"{r['calib_s']:.1f}"
+        kept = f" (float: {', '.join(r['kept_float'])})" if r.get("kept_float") else ""
+        lines.append(f"| {r['precision']} | {r['method']}{kept} | {r['top1']:.2f} | {delta:+.2f} | "
+                     f"{r['agreement']:.2f} | {r['flips']} | {calib} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.checkpoint.is_file():
+        print(f"checkpoint {args.checkpoint} not found; train one with `alexnet-deploy train ... --out DIR`",
+              file=sys.stderr)
+        return 1
+    from alexnet_deploy.export.onnx import export_bundle
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt, splits = held_out_split(args.checkpoint, args.data)
+    classes = splits.classes
+    val_dir = link_folder(args.out / "heldout", classes, splits.val)
+    pool_dir = link_folder(args.out / "calib-pool", classes, pool(splits.train, args.pool_per_class))
+    bundle = args.out / "bundle"
+    started = time.perf_counter()
+    export_bundle(args.checkpoint, bundle, fp16=True, engines=False)
+    print(f"exported {bundle} in {time.perf_counter() - started:.1f} s; held-out {len(splits.val)} images "
+          f"({splits.source}); calibration pool {args.pool_per_class}/class from the training part")
+    rows, _, _ = float_rows(bundle, val_dir, args.num_val, args.batch_size)
+    fp32_top1 = rows[0]["top1"]
+    for method in args.methods:
+        rows.append(int8_row(bundle, pool_dir, val_dir, args, method))
+        print(json.dumps(rows[-1]))
+    rows.append(int8_row(bundle, pool_dir, val_dir, args, "auto", max_drop=args.max_drop))
+    table = markdown(rows, fp32_top1)
+    print(table)
+    result = {"checkpoint": str(args.checkpoint), "epoch": ckpt.epoch, "split": splits.source,
+              "num_images": args.num_images, "rows": rows}
+    (args.out / "int8_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "int8_accuracy.md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

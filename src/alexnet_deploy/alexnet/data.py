@@ -1,0 +1,289 @@
+"""Image folders for training: splits, a decoded uint8 cache in RAM, batched augmentation.
+
+Why a cache: on a 2-core machine, decoding and resizing JPEGs every epoch in worker processes
+competes with the model for the same cores. Each file is decoded once (via the one preprocessing
+definition's ``load_image``) into a uint8 tensor at the resize size; per batch, the random crop
+and flip are one indexed gather on uint8 and normalisation is one float op, so no workers are
+needed and the model is never starved (``benchmarks/train_throughput.py`` measures it).
+
+The validation cache holds exactly ``deploy.preprocess``'s resized, centre-cropped pixels, so
+validation sees the same input as export and the torch-free runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
+from alexnet_deploy.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[Path, int]
+AUGMENTS = ("crop-flip", "random-resized-crop", "none")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Class names and the (path, class index) samples of the train and validation sets."""
+
+    classes: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    source: str  # how the split was made, for the log
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodedSet:
+    """Decoded uint8 images (N, 3, H, W) with labels; files that failed to decode are listed."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: tuple[SkippedFile, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None,
+                   val_split: float | None = None, seed: int = 0, max_per_class: int | None = None) -> Splits:
+    """Find train/val samples: ``data/train`` + ``data/val``, or ``data`` + ``val``, or a stratified
+    seeded ``val_split`` of ``data``. ``max_per_class`` caps each class (seeded random subset) of
+    every scanned folder before any split."""
+    data = Path(data)
+    if val is not None and val_split is not None:
+        raise DataError("pass either --val DIR or --val-split F, not both")
+    if val is None and val_split is None and (data / "train").is_dir() and (data / "val").is_dir():
+        data, val = data / "train", data / "val"
+    classes, train = list_class_folder(data)
+    train = _cap(train, max_per_class, seed)
+    if val is not None:
+        val_classes, val_samples = list_class_folder(val)
+        if val_classes != classes:
+            raise DataError(f"{val}: class folders {val_classes} differ from {data}: {classes}")
+        return Splits(tuple(classes), tuple(train), tuple(_cap(val_samples, max_per_class, seed)),
+                      f"{data} + {val}")
+    if val_split is None:
+        raise DataError(f"{data}: no train/ and val/ inside; pass --val DIR or --val-split F (e.g. 0.1)")
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    train, held = stratified_split(train, val_split, seed)
+    return Splits(tuple(classes), tuple(train), tuple(held), f"{data} split {1 - val_split:g}/{val_split:g}")
+
+
+def _cap(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sample]:
+    if max_per_class is None:
+        return samples
+    if max_per_class < 1:
+        raise DataError(f"--max-per-class must be >= 1, got {max_per_class}")
+    out: list[Sample] = []
+    for label, items in sorted(_by_class(samples).items()):
+        items = sorted(items)
+        random.Random(f"{seed}-cap-{label}").shuffle(items)
+        out.extend(sorted(items[:max_per_class]))
+    return out
+
+
+def _by_class(samples: Sequence[Sample]) -> dict[int, list[Sample]]:
+    groups: dict[int, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample[1], []).append(sample)
+    return groups
+
+
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of each class (at least one image when a class has two or more)."""
+    train: list[Sample] = []
+    held: list[Sample] = []
+    for label, items in sorted(_by_class(samples).items()):
+        items = sorted(items)
+        random.Random(f"{seed}-split-{label}").shuffle(items)
+        n_val = min(max(1, round(len(items) * fraction)), len(items) - 1) if len(items) > 1 else 0
+        held.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return sorted(train), sorted(held)
+
+
+def decode_train(samples: Sequence[Sample], resize: int, *, strict: bool = False, workers: int = 2,
+                 progress: Callable[[int], None] | None = None) -> DecodedSet:
+    """Decode for training: shorter side to ``resize``, centre square ``resize`` x ``resize``
+    (the random crop is taken from it per batch)."""
+    spec = PreprocessSpec(resize=resize, crop=resize)
+    return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
+
+
+def decode_eval(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
+                progress: Callable[[int], None] | None = None) -> DecodedSet:
+    """Decode for evaluation: exactly ``deploy.preprocess``'s resize + centre crop, as uint8."""
+    return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
+
+
+def _decode_one(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    img: Image.Image = resize_and_crop(load_image(path), spec)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _decode(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool, workers: int,
+            progress: Callable[[int], None] | None) -> DecodedSet:
+    _check_cache_size(len(samples), spec.crop)
+    images = torch.empty((len(samples), 3, spec.crop, spec.crop), dtype=torch.uint8)
+    labels = torch.empty(len(samples), dtype=torch.int64)
+    skipped: list[SkippedFile] = []
+    kept = 0
+
+    def work(sample: Sample):
+        try:
+            return _decode_one(sample[0], spec), None
+        except DataError as exc:
+            return None, SkippedFile(str(sample[0]), str(exc))
+
+    # Pillow releases the GIL while decoding and resizing, so threads use several cores.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for (path, label), (array, problem) in zip(samples, pool.map(work, samples, chunksize=64)):
+            if problem is not None:
+                if strict:
+                    raise DataError(f"{problem.reason} (--strict stops at unreadable files)")
+                log.warning("skipping %s", problem.reason)
+                skipped.append(problem)
+            else:
+                images[kept] = torch.from_numpy(array)
+                labels[kept] = label
+                kept += 1
+            if progress is not None:
+                progress(1)
+    return DecodedSet(images[:kept].clone() if kept < len(samples) else images, labels[:kept], tuple(skipped))
+
+
+def _check_cache_size(count: int, size: int) -> None:
+    need = count * 3 * size * size
+    avail = _available_memory()
+    if avail is not None and need > 0.6 * avail:
+        raise DataError(f"decoding {count} images at {size} px needs {need / 2**30:.1f} GiB of RAM but only "
+                        f"{avail / 2**30:.1f} GiB is available; use --max-per-class, a smaller --resize, "
+                        "or fewer images")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def normalize(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 NCHW -> float32 NCHW, the same arithmetic as ``deploy.preprocess.to_chw_float``."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (batch.to(torch.float32) / 255.0 - mean) / std
+
+
+def crop_flip(batch: torch.Tensor, crop: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Per-sample random ``crop`` x ``crop`` window and horizontal flip, as one uint8 gather."""
+    n, _, h, w = batch.shape
+    top = torch.randint(0, h - crop + 1, (n,), generator=generator)
+    left = torch.randint(0, w - crop + 1, (n,), generator=generator)
+    steps = torch.arange(crop)
+    rows = top[:, None] + steps[None, :]
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    cols = torch.where(flips[:, None], left[:, None] + crop - 1 - steps[None, :], left[:, None] + steps[None, :])
+    picked = batch[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, crop, crop, 3)
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
+def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generator,
+                        scale: tuple[float, float] = (0.35, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                        ) -> torch.Tensor:
+    """Inception-style random-resized-crop + flip for the whole batch with one ``grid_sample``.
+
+    Returns float32 pixels in [0, 255] (bilinear sampling). The default minimum scale is 0.35 rather
+    than torchvision's 0.08 because short CPU runs cannot afford such strong augmentation.
+    """
+    n = batch.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(n).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=generator)
+    aspect = torch.exp(log_ratio)
+    sw = torch.sqrt(area * aspect).clamp(max=1.0)  # fraction of the width
+    sh = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sh)
+    sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sw * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = sh, cy
+    grid = torch.nn.functional.affine_grid(theta, (n, 3, crop, crop), align_corners=False)
+    return torch.nn.functional.grid_sample(batch.to(torch.float32), grid, mode="bilinear",
+                                           padding_mode="border", align_corners=False)
+
+
+class BatchStream:
+    """Seeded, shardable batches from a DecodedSet.
+
+    ``rank``/``world`` split the samples of each epoch's global permutation so that every process
+    sees a different part and all processes make the same number of steps (what DDP needs).
+    """
+
+    def __init__(self, data: DecodedSet, batch_size: int, spec: PreprocessSpec, *, augment: str = "none",
+                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False,
+                 equal_steps: bool = True):
+        if augment not in AUGMENTS:
+            raise DataError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTS)}")
+        self.data, self.batch_size, self.spec, self.augment = data, batch_size, spec, augment
+        self.shuffle, self.seed, self.rank, self.world, self.drop_last = shuffle, seed, rank, world, drop_last
+        self.equal_steps = equal_steps  # False for evaluation: every sample once, step counts may differ
+        self.epoch = 0
+
+    def indices(self) -> torch.Tensor:
+        n = len(self.data)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(n)
+        mine = order[self.rank::self.world]
+        # DDP needs the same number of steps on every rank: drop the (at most world-1) extra samples.
+        return mine[:n // self.world] if self.equal_steps else mine
+
+    def __len__(self) -> int:
+        n = len(self.indices())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank)
+        idx = self.indices()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            chosen = idx[start:start + self.batch_size]
+            yield self._transform(self.data.images[chosen], generator), self.data.labels[chosen]
+
+    def _transform(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        crop = self.spec.crop
+        if self.augment == "crop-flip":
+            pixels = crop_flip(pixels, crop, generator)
+        elif self.augment == "random-resized-crop":
+            pixels = random_resized_crop(pixels, crop, generator)
+        elif pixels.shape[-1] != crop:  # no augmentation: centre crop (eval data is already cropped)
+            top, left = (pixels.shape[-2] - crop) // 2, (pixels.shape[-1] - crop) // 2
+            pixels = pixels[..., top:top + crop, left:left + crop]
+        return normalize(pixels, self.spec)
+
+
+__all__ = ["Splits", "SkippedFile", "DecodedSet", "AUGMENTS", "resolve_splits", "stratified_split",
+           "decode_train", "decode_eval", "normalize", "crop_flip", "random_resized_crop", "BatchStream"]

@@ -1,0 +1,535 @@
+"""Training: ``TrainConfig`` (fields = CLI flag names), ``train()``, ``evaluate()``; DDP under torchrun.
+
+Two recipes. ``paper`` is the 2012 recipe exactly (SGD momentum 0.9, weight decay 5e-4, lr 0.01,
+step schedule dividing by 10, clipping 1.0, the paper's init). ``default`` converges much faster at
+CPU scale (AdamW with warm-up, cosine decay, label smoothing; chosen by measurement, see README).
+Any recipe value can be overridden by its flag; ``None`` in the config means "the recipe's value".
+
+The run directory gets ``best.pt``, ``last.pt``, ``metrics.jsonl``, ``metrics.csv``,
+``curves.png``, ``config.toml`` (resolved) and ``train.log``. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet_deploy.alexnet.data import AUGMENTS, BatchStream, DecodedSet, decode_eval, decode_train, resolve_splits
+from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
+from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.errors import AlexNetDeployError, CheckpointError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Krizhevsky et al. 2012, section 5.
+    "paper": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+              "warmup_epochs": 0.0, "label_smoothing": 0.0, "clip_grad": 1.0, "init": "paper"},
+    # Measured on CIFAR-10 at 64 px on 2 CPU cores (README "Results").
+    "default": {"optimizer": "adamw", "lr": 5e-4, "momentum": 0.9, "weight_decay": 0.05, "schedule": "cosine",
+                "warmup_epochs": 0.3, "label_smoothing": 0.1, "clip_grad": 1.0, "init": "default"},
+}
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+                 "epoch_seconds", "train_images_per_s", "elapsed_seconds", "best_val_top1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training option. Field names are the CLI flag names (``batch_size`` = ``--batch-size``).
+    ``None`` means: the recipe's value (optimizer settings) or the arch's default (image size)."""
+
+    data: str
+    val: str | None = None
+    val_split: float | None = None
+    out: str = "runs/train"
+    arch: str = "alexnet2012"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float | None = None
+    image_size: int | None = None
+    resize: int | None = None
+    workers: int = 2
+    seed: int = 0
+    resume: str | None = None
+    device: str = "auto"
+    max_per_class: int | None = None
+    recipe: str = "default"
+    init: str | None = None
+    optimizer: str | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    clip_grad: float | None = None
+    dropout: float = 0.5
+    augment: str = "crop-flip"
+    amp: bool = False
+    strict: bool = False
+    tensorboard: bool = False
+    wandb: str | None = None  # W&B project name; logging only when given
+
+    def resolved(self) -> "TrainConfig":
+        """Fill recipe / arch defaults and validate; the result has no ``None`` recipe values."""
+        self.validate()
+        values = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        image_size = self.image_size or DEFAULT_INPUT[self.arch][1]
+        resize = self.resize or PreprocessSpec.for_image_size(image_size).resize
+        return dataclasses.replace(self, image_size=image_size, resize=resize, **values)
+
+    def validate(self) -> None:
+        choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "optimizer": OPTIMIZERS,
+                   "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise AlexNetDeployError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "image_size": self.image_size, "resize": self.resize}
+        for name, value in positive.items():
+            if value is not None and value <= 0:
+                raise AlexNetDeployError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.image_size is not None and not 63 <= self.image_size <= 512:
+            raise AlexNetDeployError(f"--image-size must be between 63 and 512, got {self.image_size}")
+        if self.image_size and self.resize and self.resize < self.image_size:
+            raise AlexNetDeployError(f"--resize {self.resize} is smaller than --image-size {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file keyed by flag names (``batch-size`` or ``batch_size``); unknown keys are errors."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AlexNetDeployError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AlexNetDeployError(f"{path}: not valid TOML ({exc})") from exc
+    raw = raw.get("train", raw)  # accept a [train] table or top-level keys
+    known = {f.name for f in fields(TrainConfig)}
+    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise AlexNetDeployError(f"{path}: unknown keys {unknown}; expected train flag names like batch-size")
+    return values
+
+
+def config_to_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML (``None`` values are left out: TOML has no null)."""
+    lines = ["# resolved by alexnet-deploy train; usable as --config", "[train]"]
+    for key, value in config.to_dict().items():
+        if value is not None:
+            lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class TrainProgress:
+    """Callbacks from ``train()`` (the library never prints; the CLI renders these).
+
+    Raising from a callback stops training (tests use this to simulate an interrupted run)."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A new phase (``decode train``, ``epoch 1/5``, ``validate``) of ``total`` images."""
+
+    def advance(self, images: int, **info: float) -> None:
+        """``images`` more images done in the current phase; ``info`` e.g. the running loss."""
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        """One epoch's metrics row (what goes to metrics.jsonl)."""
+
+    def message(self, text: str) -> None:
+        """A one-line note (data summary, skipped files, where the run is written)."""
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
+    """Train a model as configured; returns the run directory."""
+    progress = progress or TrainProgress()
+    config = config.resolved()
+    dist = _setup_distributed(config.device)
+    out = Path(config.out)
+    run_log = _RunLog(out) if dist.main else None
+    try:
+        return _train(config, dist, out, progress if dist.main else TrainProgress())
+    finally:
+        if run_log is not None:
+            run_log.close()
+        if dist.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, dist: _Dist, out: Path, progress: TrainProgress) -> Path:
+    torch.manual_seed(config.seed)
+    spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
+    splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class)
+    train_set, val_set = _decode_splits(config, splits, spec, progress)
+    model = build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout).to(dist.device)
+    steps_per_epoch = len(BatchStream(train_set, config.batch_size, spec, rank=dist.rank, world=dist.world))
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.startswith("cuda"))
+    start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out)
+    torch.manual_seed(config.seed * 1_000 + dist.rank + start)  # dropout stream (resume restores it)
+    _restore_rng(rng if dist.main else None)  # only rank 0's state is saved
+    wrapped = _wrap_ddp(model, dist)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.toml", config_to_toml(config))
+        progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
+                         f"{len(splits.classes)} classes; writing {out}")
+    loggers = _ExternalLoggers(config, out) if dist.main else None
+    clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
+    for epoch in range(start, config.epochs):
+        row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
+                         epoch, progress)
+        best = max(best, row["val_top1"])
+        row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
+        history.append(row)
+        if dist.main:
+            _write_epoch(config, out, model, splits.classes, spec, row, history, optimizer, scheduler, scaler)
+            if loggers:
+                loggers.log(row)
+            progress.epoch_end(row)
+    if loggers:
+        loggers.close()
+    return out
+
+
+def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
+                   progress: TrainProgress) -> tuple[DecodedSet, DecodedSet]:
+    progress.phase("decode train", len(splits.train))
+    train_set = decode_train(splits.train, config.resize, strict=config.strict, workers=config.workers,
+                             progress=progress.advance)
+    progress.phase("decode val", len(splits.val))
+    val_set = decode_eval(splits.val, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
+    skipped = train_set.skipped + val_set.skipped
+    if skipped:
+        shown = "; ".join(s.reason for s in skipped[:3])
+        progress.message(f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
+                         + (" ..." if len(skipped) > 3 else ""))
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise AlexNetDeployError(f"{config.data}: no readable training or validation images left")
+    return train_set, val_set
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (paper) or AdamW. Weight decay is applied to weights only, not biases, for AdamW."""
+    if config.optimizer == "sgd":
+        # The paper decays every parameter, biases included.
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (linear warm-up, then the schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    # step: divide by 10 at 50 % and 75 % of training (the paper divided on plateaus, 3 times in 90 epochs)
+    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step LambdaLR (its state_dict is plain numbers, so checkpoints stay weights_only-safe)."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    schedule = config.schedule
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
+
+
+def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val_set, spec, epoch, progress):
+    stream = BatchStream(train_set, config.batch_size, spec, augment=config.augment, shuffle=True,
+                         seed=config.seed, rank=dist.rank, world=dist.world)
+    stream.epoch = epoch
+    progress.phase(f"epoch {epoch + 1}/{config.epochs}", len(stream.indices()) * dist.world)
+    started = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress)
+    seconds = time.perf_counter() - started
+    progress.phase("validate", len(val_set))
+    val = evaluate(model, BatchStream(val_set, max(config.batch_size, 128), spec, rank=dist.rank,
+                                      world=dist.world, equal_steps=False), dist, config.amp, progress)
+    val_sums = _val_for_all_ranks(val, dist)
+    return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],
+            "val_loss": val_sums[0] / val_sums[3], "val_top1": val_sums[1] / val_sums[3],
+            "val_top5": val_sums[2] / val_sums[3], "lr": lr, "epoch_seconds": seconds,
+            "train_images_per_s": sums[2] / seconds}
+
+
+def _autocast(device: str, enabled: bool):
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=enabled)
+
+
+def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable, progress) -> list[float]:
+    """One pass; returns [loss sum, correct, count] summed over all ranks."""
+    model.train()
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    totals = torch.zeros(3, dtype=torch.float64)
+    for images, labels in stream:
+        images, labels = images.to(dist.device, non_blocking=True), labels.to(dist.device, non_blocking=True)
+        with _autocast(dist.device, config.amp):
+            logits = model(images)
+            loss = criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise AlexNetDeployError(f"training diverged (loss {loss.item()}); lower --lr or use --clip-grad")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n = labels.shape[0]
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        progress.advance(n * dist.world, loss=loss.item())
+    return _all_reduce(totals, dist).tolist()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, stream: Iterable, dist: _Dist | None = None, amp: bool = False,
+             progress: TrainProgress | None = None) -> list[float]:
+    """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only)."""
+    device = dist.device if dist else "cpu"
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)
+    for images, labels in stream:
+        images, labels = images.to(device), labels.to(device)
+        with _autocast(device, amp):
+            logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        totals += torch.tensor([nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
+                                (top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
+                                labels.shape[0]], dtype=torch.float64)
+        if progress:
+            progress.advance(labels.shape[0] * (dist.world if dist else 1))
+    return totals.tolist()
+
+
+def _val_for_all_ranks(val: list[float], dist: _Dist) -> list[float]:
+    return _all_reduce(torch.tensor(val, dtype=torch.float64), dist).tolist()
+
+
+def _all_reduce(values: torch.Tensor, dist: _Dist) -> torch.Tensor:
+    if dist.world > 1:
+        device_values = values.to(dist.device)
+        torch.distributed.all_reduce(device_values)
+        return device_values.cpu()
+    return values
+
+
+def _setup_distributed(device: str) -> _Dist:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AlexNetDeployError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(device="cuda" if cuda else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return _Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
+                 device=f"cuda:{local}" if cuda else "cpu")
+
+
+def _wrap_ddp(model: nn.Module, dist: _Dist) -> nn.Module:
+    if dist.world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[dist.device] if dist.device.startswith("cuda") else None)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
+    """Restore model/optimizer/scheduler/scaler from ``config.resume``;
+    returns (start epoch, best val top-1, metrics history, saved RNG state)."""
+    if not config.resume:
+        return 0, float("-inf"), [], None
+    ckpt = load_checkpoint(config.resume, arch=config.arch, num_classes=model.classifier[-1].out_features)
+    raw = ckpt.raw
+    if "optimizer_state" not in raw or "scheduler_state" not in raw:
+        raise CheckpointError(f"{config.resume}: has no optimizer state to resume from; resume from last.pt")
+    model.load_state_dict(ckpt.model.state_dict())
+    try:
+        optimizer.load_state_dict(raw["optimizer_state"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{config.resume}: optimizer state does not fit --optimizer {config.optimizer} "
+                              f"({exc}); resume with the run's original flags") from exc
+    scheduler.load_state_dict(raw["scheduler_state"])
+    if "scaler_state" in raw:
+        scaler.load_state_dict(raw["scaler_state"])
+    history = _read_history(out, ckpt.epoch)
+    best = max((row["val_top1"] for row in history), default=float("-inf"))
+    log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
+    return ckpt.epoch, best, history, raw.get("rng_state")
+
+
+def _read_history(out: Path, upto: int) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row["epoch"] <= upto]
+
+
+def _write_epoch(config, out, model, classes, spec, row, history, optimizer, scheduler, scaler) -> None:
+    common = dict(model=model, arch=config.arch, classes=classes, preprocess=spec, config=config.to_dict(),
+                  epoch=row["epoch"], metrics=row)
+    save_checkpoint(out / "last.pt", **common, optimizer_state=optimizer.state_dict(),
+                    scheduler_state=scheduler.state_dict(), scaler_state=scaler.state_dict(),
+                    rng_state=_rng_state())
+    if row["val_top1"] >= row["best_val_top1"]:
+        save_checkpoint(out / "best.pt", **common)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(out / "metrics.csv", _csv(history))
+    _plot(out / "curves.png", history)
+    log.info("epoch %d: %s", row["epoch"], json.dumps(row))
+
+
+def _csv(history: list[dict]) -> str:
+    lines = [",".join(METRIC_FIELDS)]
+    for row in history:
+        lines.append(",".join(f"{row.get(k, '')}" for k in METRIC_FIELDS))
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, history: list[dict]) -> None:
+    """Loss and top-1 curves, train and val (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from alexnet_deploy.deploy.files import atomic_path
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4))
+    for ax, key, label in ((fig.add_subplot(1, 2, 1), "loss", "loss"), (fig.add_subplot(1, 2, 2), "top1", "top-1")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+class _RunLog:
+    """train.log in the run directory at INFO level, without making the console chattier:
+    console handlers keep dropping records below the level they showed before."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.logger = logging.getLogger("alexnet_deploy")
+        self.old_level = self.logger.level
+        shown = self.logger.getEffectiveLevel()
+        self.handler = logging.FileHandler(out / "train.log")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        self.console_filter = lambda record: not record.name.startswith("alexnet_deploy") or record.levelno >= shown
+        self.consoles = list(logging.getLogger().handlers)
+        for console in self.consoles:
+            console.addFilter(self.console_filter)
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(min(shown, logging.INFO))
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.old_level)
+        for console in self.consoles:
+            console.removeFilter(self.console_filter)
+        self.handler.close()
+
+
+class _ExternalLoggers:
+    """Optional TensorBoard / Weights & Biases logging, imported only when asked for."""
+
+    def __init__(self, config: TrainConfig, out: Path):
+        self.tb = self.wandb_run = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise MissingDependency("--tensorboard needs the tensorboard package: "
+                                        "pip install 'alexnet-deploy[tensorboard]'") from exc
+            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+        if config.wandb:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise MissingDependency("--wandb needs the wandb package: pip install 'alexnet-deploy[wandb]'") from exc
+            self.wandb_run = wandb.init(project=config.wandb, config=config.to_dict(), dir=str(out))
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.tb:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.tb.add_scalar(key, value, row["epoch"])
+            self.tb.flush()
+        if self.wandb_run:
+            self.wandb_run.log(row, step=row["epoch"])
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb_run:
+            self.wandb_run.finish()
+
+
+__all__ = ["TrainConfig", "TrainProgress", "RECIPES", "train", "evaluate", "load_config_file",
+           "config_to_toml", "make_optimizer", "make_scheduler", "lr_factor"]

@@ -1,0 +1,116 @@
+"""Accuracy of a quantized model against fp32 on held-out images, per-layer sensitivity, and the
+search that keeps the most sensitive layers in float until a top-1 budget is met."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alexnet_deploy.calibration.qdq import require_valid, write_qdq
+from alexnet_deploy.calibration.report import Accuracy, LayerSensitivity
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """Held-out images, their labels (-1 = unknown) and the fp32 model's logits on them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    fp32_logits: np.ndarray
+    batch_size: int = 32
+
+    @property
+    def fp32_accuracy(self) -> Accuracy:
+        return accuracy(self.fp32_logits, self.fp32_logits, self.labels)
+
+
+def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Run a model on ORT CPU over ``images``."""
+    from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches
+
+    return run_batches(cpu_session(model_path), images, batch_size)
+
+
+def accuracy(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Accuracy:
+    """Top-1 (vs labels, when all are known) and top-1 agreement with ``reference`` logits, in %."""
+    predicted, expected = candidate.argmax(1), reference.argmax(1)
+    agree = predicted == expected
+    top1 = float(np.mean(predicted == labels) * 100) if len(labels) and np.all(labels >= 0) else None
+    return Accuracy(top1=None if top1 is None else round(top1, 4), agreement=round(float(agree.mean() * 100), 4),
+                    flips=int((~agree).sum()), n_images=int(len(labels)))
+
+
+def measure(model_path: str | os.PathLike, evaluation: Evaluation) -> Accuracy:
+    """Accuracy of ``model_path`` on the held-out images, against the fp32 logits."""
+    return accuracy(logits(model_path, evaluation.images, evaluation.batch_size), evaluation.fp32_logits,
+                    evaluation.labels)
+
+
+def score(acc: Accuracy) -> tuple[float, float]:
+    """Sort key: top-1 first, then agreement with fp32 (higher is better)."""
+    return (acc.top1 if acc.top1 is not None else 0.0, acc.agreement or 0.0)
+
+
+def quantize_and_measure(fp32_path: Path, out_path: Path, ranges: dict[str, float], keep_float: Sequence[str],
+                         evaluation: Evaluation | None) -> Accuracy | None:
+    """Write a Q/DQ model, refuse it if TensorRT would, and measure it (None without held-out images)."""
+    write_qdq(fp32_path, out_path, ranges, keep_float)
+    require_valid(out_path)
+    return measure(out_path, evaluation) if evaluation is not None else None
+
+
+def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: Sequence[str],
+                baseline: Accuracy, evaluation: Evaluation, progress: Progress | None = None) -> list[LayerSensitivity]:
+    """Leave-one-out: for each layer, quantize everything else and measure what is won back.
+
+    Sorted most sensitive first (top-1 gain, then agreement gain). AlexNet has 8 such layers,
+    so this is 8 quantize+evaluate rounds.
+    """
+    results = []
+    for done, layer in enumerate(layers, 1):
+        acc = quantize_and_measure(fp32_path, work / "sensitivity.onnx", ranges, [layer], evaluation)
+        gain = (acc.top1 or 0.0) - (baseline.top1 or 0.0)
+        results.append(LayerSensitivity(layer=layer, accuracy=acc, gain=round(gain, 4),
+                                        agreement_gain=round((acc.agreement or 0) - (baseline.agreement or 0), 4)))
+        log.info("sensitivity %s: top-1 %+.2f, agreement %+.2f", layer, gain, results[-1].agreement_gain)
+        if progress:
+            progress("sensitivity", done, len(layers))
+    return sorted(results, key=lambda r: (-r.gain, -r.agreement_gain))
+
+
+def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: Sequence[LayerSensitivity],
+                evaluation: Evaluation, max_drop: float,
+                progress: Progress | None = None) -> tuple[tuple[str, ...], Accuracy, bool]:
+    """Keep layers in float, most sensitive first, until fp32 top-1 minus int8 top-1 <= max_drop.
+
+    Returns (layers kept in float, accuracy reached, met). The best model is left at
+    ``work / "budget.onnx"``.
+    """
+    fp32_top1 = evaluation.fp32_accuracy.top1 or 0.0
+    kept: list[str] = []
+    best: tuple[tuple[str, ...], Accuracy] | None = None
+    for done, item in enumerate(ranked, 1):
+        kept.append(item.layer)
+        candidate = work / "candidate.onnx"
+        acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation)
+        if best is None or score(acc) > score(best[1]):
+            best = (tuple(kept), acc)
+            candidate.replace(work / "budget.onnx")
+        if progress:
+            progress("budget", done, len(ranked))
+        if fp32_top1 - (acc.top1 or 0.0) <= max_drop:
+            if candidate.exists():
+                candidate.replace(work / "budget.onnx")
+            return tuple(kept), acc, True
+    if best is None:
+        raise ValueError("meet_budget needs at least one ranked layer")
+    return best[0], best[1], False

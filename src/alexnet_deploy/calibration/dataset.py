@@ -1,0 +1,176 @@
+"""Calibration and held-out images: a seeded, class-stratified sample of an image folder,
+preprocessed with the bundle's own PreprocessSpec and cached as ``.npz`` (no torch).
+
+The cache key is the sha256 of everything the arrays depend on: the folder's file list, the
+contents of the chosen files, the preprocessing, the count, the seed and the role (calibration
+or validation). Change any of them and the set is rebuilt; otherwise the cached arrays are reused.
+Caches live in ``BUNDLE/.calib-cache/<role>-<key>.npz`` so they travel and die with the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alexnet_deploy.deploy.files import atomic_write_bytes
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, preprocess
+from alexnet_deploy.errors import CalibrationError, DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_DIRNAME = ".calib-cache"
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationSet:
+    """Preprocessed images (float32 NCHW) with labels, the files they came from and provenance.
+
+    ``labels`` index the folder's sorted class names (``classes``); ``files`` are relative to
+    ``root``; ``skipped`` lists unreadable files (relative names) that were left out.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    files: tuple[str, ...]
+    classes: tuple[str, ...]
+    root: str
+    cache_key: str
+    cache_hit: bool = False
+    cache_path: str | None = None
+    skipped: tuple[str, ...] = ()
+    random: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def stratified_split(labels: Sequence[int], counts: Sequence[int], seed: int) -> list[list[int]]:
+    """Split sample indices into disjoint groups of ``counts[i]`` indices, each balanced over
+    classes (round-robin over per-class seeded permutations), deterministic for a seed.
+
+    A group asks for more than the folder holds: it gets what is left.
+    """
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    # Per class, a seeded order; interleaving the classes makes every prefix balanced.
+    queues = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
+    interleaved = [int(q[i]) for i in range(max((len(q) for q in queues), default=0)) for q in queues if i < len(q)]
+    groups, start = [], 0
+    for count in counts:
+        groups.append(sorted(interleaved[start:start + count]))
+        start += count
+    return groups
+
+
+def cache_key(root: Path, listing: Sequence[tuple[Path, int]], chosen: Sequence[int],
+              spec: PreprocessSpec, count: int, seed: int, role: str) -> str:
+    """sha256 over the file list, chosen files' bytes, preprocessing, count, seed and role."""
+    digest = hashlib.sha256()
+    meta = {"spec": spec.to_dict(), "count": count, "seed": seed, "role": role, "version": 1}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for path, label in listing:
+        digest.update(f"{path.relative_to(root).as_posix()}\0{label}\n".encode())
+    for index in chosen:
+        digest.update(listing[index][0].read_bytes())
+    return digest.hexdigest()
+
+
+def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed: int = 0, role: str = "calib",
+             exclude: Sequence[str] = (), cache_dir: str | os.PathLike | None = None,
+             progress: Progress | None = None) -> CalibrationSet:
+    """A stratified sample of ``count`` images from ``root`` (one sub-folder per class).
+
+    ``exclude`` are relative names that must not be chosen (e.g. the calibration sample when
+    this is the held-out validation set). Cached in ``cache_dir`` when given.
+    """
+    root = Path(root)
+    if count <= 0:
+        raise CalibrationError(f"--num-images must be positive, got {count}")
+    classes, listing = list_class_folder(root)
+    excluded = set(exclude)
+    allowed = [i for i, (p, _) in enumerate(listing) if p.relative_to(root).as_posix() not in excluded]
+    chosen = [allowed[i] for i in stratified_split([listing[i][1] for i in allowed], [count], seed)[0]]
+    if not chosen:
+        raise DataError(f"{root}: no images left for the {role} set (all {len(listing)} are used elsewhere)")
+    key = cache_key(root, listing, chosen, spec, count, seed, role)
+    cache_path = Path(cache_dir) / f"{role}-{key[:32]}.npz" if cache_dir else None
+    if cache_path is not None and cache_path.is_file():
+        cached = _read_cache(cache_path, root, classes, key)
+        if cached is not None:
+            log.info("%s set: reusing %d cached images from %s", role, len(cached), cache_path)
+            return cached
+    built = _build(root, classes, [listing[i] for i in chosen], spec, key, progress)
+    if cache_path is not None:
+        _write_cache(cache_path, built)
+    return CalibrationSet(**{**built.__dict__, "cache_path": str(cache_path) if cache_path else None})
+
+
+def _build(root: Path, classes: Sequence[str], chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec,
+           key: str, progress: Progress | None) -> CalibrationSet:
+    arrays, labels, files, skipped = [], [], [], []
+    for done, (path, label) in enumerate(chosen, 1):
+        relative = path.relative_to(root).as_posix()
+        try:
+            arrays.append(preprocess([load_image(path)], spec)[0])
+        except DataError as exc:
+            # Same policy as training: a bad file is reported and left out, never silently used.
+            log.warning("skipping unreadable image %s", exc)
+            skipped.append(relative)
+        else:
+            labels.append(label)
+            files.append(relative)
+        if progress:
+            progress(done, len(chosen))
+    if not arrays:
+        raise DataError(f"{root}: none of the {len(chosen)} chosen images could be read (first: {skipped[0]})")
+    return CalibrationSet(images=np.stack(arrays).astype(np.float32), labels=np.asarray(labels, np.int64),
+                          files=tuple(files), classes=tuple(classes), root=str(root), cache_key=key,
+                          skipped=tuple(skipped))
+
+
+def _write_cache(path: Path, data: CalibrationSet) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, images=data.images, labels=data.labels, files=np.asarray(data.files, dtype=str),
+             classes=np.asarray(data.classes, dtype=str), skipped=np.asarray(data.skipped, dtype=str),
+             key=np.asarray(data.cache_key))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_cache(path: Path, root: Path, classes: Sequence[str], key: str) -> CalibrationSet | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if str(npz["key"]) != key:
+                return None
+            return CalibrationSet(images=npz["images"].astype(np.float32), labels=npz["labels"].astype(np.int64),
+                                  files=tuple(str(f) for f in npz["files"]), classes=tuple(classes), root=str(root),
+                                  cache_key=key, cache_hit=True, cache_path=str(path),
+                                  skipped=tuple(str(f) for f in npz["skipped"]))
+    except (OSError, KeyError, ValueError) as exc:
+        # A truncated or foreign cache is not an error: it is rebuilt.
+        log.warning("ignoring unreadable calibration cache %s (%s)", path, exc)
+        return None
+
+
+def random_set(spec: PreprocessSpec, count: int, seed: int = 0) -> CalibrationSet:
+    """Uniform random pixels, preprocessed like real images: for latency-only experiments.
+
+    The result is stamped ``random=True``; callers must carry that into the manifest.
+    """
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(count, spec.crop, spec.crop, 3), dtype=np.uint8).astype(np.float32) / 255.0
+    images = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return CalibrationSet(images=np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32),
+                          labels=np.full(count, -1, np.int64), files=(), classes=(), root="<random>",
+                          cache_key=f"random-{count}-{seed}", random=True)

@@ -1,0 +1,190 @@
+"""Our own activation calibrator: one pass for |x| maxima, one pass for |x| histograms, then
+minmax / entropy (KL, TensorRT style) / percentile thresholds from the same histograms.
+
+Why not ONNX Runtime's calibrators (onnxruntime/quantization/calibrate.py, 1.31):
+- EntropyCalibrater defaults to ``num_bins=128`` and ``num_quantized_bins=128``. Its search loop
+  ``for i in range(num_quantized_bins // 2, num_bins // 2 + 1)`` then has exactly one candidate,
+  the full range, so "entropy" *is* minmax (the identical accuracy measured in DESIGN §5).
+  Its histogram also spans [-amax, amax], wasting half the bins on post-ReLU tensors.
+- PercentileCalibrater in symmetric mode histograms |x| with ``np.histogram(bins=2048)`` over
+  [min|x|, max|x|] in float32. A tensor whose |x| range is narrow relative to its magnitude (e.g.
+  AlexNet's LRN denominator, ~k..k+eps) cannot hold 2048 distinct float32 edges and numpy raises
+  "Too many bins for data range". We histogram over [0, amax] in float64 instead.
+All three methods here share one histogram per tensor, so they are fast and comparable; only the
+threshold rule differs. Thresholds are symmetric (TensorRT needs zero point 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from alexnet_deploy.errors import CalibrationError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+NUM_BINS = 2048
+QUANT_BINS = 128          # int8 symmetric: 127 positive levels + zero, as TensorRT's entropy calibrator
+PERCENTILE = 99.99
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Histogram of |x| for one tensor: ``counts`` over ``NUM_BINS`` equal bins on [0, ``amax``]."""
+
+    amax: float
+    counts: np.ndarray
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, self.amax, len(self.counts) + 1)
+
+
+def activation_tensors(model) -> list[str]:
+    """Names of float activations that the Q/DQ quantizer may need ranges for: every float
+    tensor read or written by a node that is not an initializer (same rule as ORT's calibrator)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.input, *graph.output]}
+    constants = {init.name for init in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    names: list[str] = []
+    for node in graph.node:
+        for name in [*node.input, *node.output]:
+            if name and name not in constants and name not in names and types.get(name) == onnx.TensorProto.FLOAT:
+                names.append(name)
+    return names
+
+
+def augmented_model(model, tensors: Iterable[str]) -> bytes:
+    """The model with every tensor in ``tensors`` added as a graph output (serialized)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    existing = {o.name for o in inferred.graph.output}
+    for name in tensors:
+        if name not in existing:
+            inferred.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return inferred.SerializeToString()
+
+
+def collect(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32,
+            progress: Progress | None = None) -> dict[str, Histogram]:
+    """Run ORT over ``images`` twice (amax pass, histogram pass) and return |x| histograms."""
+    import onnx
+
+    from alexnet_deploy.deploy.onnxrt import cpu_session
+
+    model = onnx.load(str(model_path))
+    tensors = activation_tensors(model)
+    session = cpu_session(augmented_model(model, tensors))
+    input_name = session.get_inputs()[0].name
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    total = 2 * len(batches)
+
+    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(tensors, {input_name: np.ascontiguousarray(batch, np.float32)})
+        return dict(zip(tensors, values))
+
+    amax = dict.fromkeys(tensors, 0.0)
+    for step, batch in enumerate(batches, 1):
+        for name, value in outputs(batch).items():
+            amax[name] = max(amax[name], float(np.max(np.abs(value))) if value.size else 0.0)
+        if progress:
+            progress(step, total)
+    counts = {name: np.zeros(NUM_BINS, np.int64) for name in tensors}
+    for step, batch in enumerate(batches, len(batches) + 1):
+        for name, value in outputs(batch).items():
+            if amax[name] > 0:
+                counts[name] += _bin_counts(value, amax[name])
+        if progress:
+            progress(step, total)
+    _check_finite(amax)
+    return {name: Histogram(amax=amax[name], counts=counts[name]) for name in tensors}
+
+
+def _bin_counts(value: np.ndarray, amax: float) -> np.ndarray:
+    """|value| counted into NUM_BINS equal bins on [0, amax] (the top edge goes in the last bin).
+
+    Bin indices are computed in float64 from the scale factor, so even a tensor whose values
+    sit in a sliver of float32 precision gets valid bins (cf. ORT's "Too many bins" crash)."""
+    index = np.abs(value, dtype=np.float32).ravel().astype(np.float64) * (NUM_BINS / amax)
+    return np.bincount(np.minimum(index.astype(np.int64), NUM_BINS - 1), minlength=NUM_BINS)[:NUM_BINS]
+
+
+def _check_finite(amax: dict[str, float]) -> None:
+    bad = [name for name, value in amax.items() if not np.isfinite(value)]
+    if bad:
+        raise CalibrationError(f"the fp32 model produced inf/nan in {bad[:3]} on calibration images; "
+                               "check the model and the preprocessing")
+
+
+def threshold(hist: Histogram, method: str, percentile: float = PERCENTILE) -> float:
+    """Symmetric clipping threshold T (the tensor is quantized on [-T, T]) for one method."""
+    if hist.amax <= 0 or hist.counts.sum() == 0:
+        return 0.0
+    if method == "minmax":
+        return hist.amax
+    if method == "percentile":
+        return percentile_threshold(hist, percentile)
+    if method == "entropy":
+        return entropy_threshold(hist)
+    raise CalibrationError(f"unknown calibration method {method!r}; expected one of {METHODS}")
+
+
+def percentile_threshold(hist: Histogram, percentile: float = PERCENTILE) -> float:
+    """Upper edge of the bin where the |x| CDF reaches ``percentile`` %."""
+    cdf = np.cumsum(hist.counts) / hist.counts.sum()
+    index = int(np.searchsorted(cdf, percentile / 100.0))
+    return float(hist.edges[min(index + 1, len(hist.counts))])
+
+
+def entropy_threshold(hist: Histogram, quant_bins: int = QUANT_BINS, stride: int = 8) -> float:
+    """TensorRT-style KL calibration: the threshold whose ``quant_bins``-level quantization of the
+    clipped |x| distribution is closest (KL divergence) to the distribution itself."""
+    counts = hist.counts.astype(np.float64)
+    # Bin 0 holds the exact zeros of ReLU outputs; it carries no information about the range.
+    counts[0] = 0
+    nonzero_last = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
+    if nonzero_last <= quant_bins:
+        return float(hist.edges[max(nonzero_last, 1)])
+    candidates = list(range(quant_bins, nonzero_last + 1, stride))
+    if candidates[-1] != nonzero_last:
+        candidates.append(nonzero_last)
+    divergences = [_kl_for(counts, i, quant_bins) for i in candidates]
+    best = candidates[int(np.argmin(divergences))]
+    return float(hist.edges[best])
+
+
+def _kl_for(counts: np.ndarray, i: int, quant_bins: int) -> float:
+    reference = counts[:i].copy()
+    reference[-1] += counts[i:].sum()          # clipped outliers land in the last bin
+    # Merge the i bins into quant_bins groups, then spread each group's mass back evenly over
+    # its non-empty bins (the quantized distribution expanded to i bins).
+    groups = np.minimum((np.arange(i) * quant_bins) // i, quant_bins - 1)
+    occupied = counts[:i] > 0
+    mass = np.bincount(groups, weights=counts[:i], minlength=quant_bins)
+    occupancy = np.bincount(groups, weights=occupied.astype(np.float64), minlength=quant_bins)
+    expanded = np.where(occupied, mass[groups] / np.maximum(occupancy[groups], 1), 0.0)
+    p = reference / reference.sum()
+    q_total = expanded.sum()
+    if q_total == 0:
+        return float("inf")
+    q = expanded / q_total
+    support = p > 0
+    # Where p > 0 but q == 0 the divergence is infinite; smooth q slightly as TensorRT does.
+    q = np.where(support & (q == 0), 1e-12, q)
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+def thresholds(histograms: dict[str, Histogram], method: str, percentile: float = PERCENTILE) -> dict[str, float]:
+    """Per-tensor symmetric thresholds for ``method``."""
+    return {name: threshold(hist, method, percentile) for name, hist in histograms.items()}

@@ -1,0 +1,275 @@
+"""``calibrate_bundle``: bundle + real images -> ``model.int8.onnx`` (symmetric Q/DQ) under an
+accuracy budget, with its provenance in the manifest and a JSON report. No torch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from alexnet_deploy import __version__
+from alexnet_deploy.calibration import budget, dataset, histogram, qdq
+from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, CalibrationReport, MethodResult,
+                                               write_report)
+from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.files import atomic_write_bytes
+from alexnet_deploy.errors import CalibrationError, DataError
+
+log = logging.getLogger(__name__)
+
+INT8_FILE = "model.int8.onnx"
+AUTO_ORDER = ("entropy", "percentile", "minmax")   # ties go to the earlier (TensorRT's default first)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class _Request:
+    bundle: Path
+    calib_dir: Path | None
+    num_images: int
+    method: str
+    batch_size: int
+    max_drop: float | None
+    val_dir: Path | None
+    seed: int
+    allow_random: bool
+    num_val: int
+
+
+def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathLike | None, num_images: int = 512,
+                     method: str = "auto", batch_size: int = 32, max_drop: float | None = None,
+                     val_dir: str | os.PathLike | None = None, seed: int = 0, allow_random: bool = False,
+                     progress: Progress | None = None, num_val: int = 1000,
+                     report_path: str | os.PathLike | None = None) -> CalibrationReport:
+    """Calibrate the bundle's fp32 ONNX into ``model.int8.onnx`` and record it in the manifest.
+
+    ``calib_dir`` is an image folder with one sub-folder per class. Accuracy is measured on
+    ``num_val`` images of ``val_dir`` (or, without it, images of ``calib_dir`` not used for
+    calibration). ``method="auto"`` tries entropy, percentile and minmax and keeps the best
+    (top-1, then agreement with fp32). With ``max_drop`` (top-1 points), the most sensitive layers
+    are kept in float until the drop fits, else BudgetNotMet (a CalibrationError) carries the
+    report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
+    calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
+    """
+    request = _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, val_dir, seed,
+                        allow_random, num_val)
+    started = time.perf_counter()
+    manifest = read_manifest(request.bundle)
+    fp32_path = _fp32_model(request.bundle, manifest)
+    timings: dict[str, float] = {}
+    calib = _timed(timings, "calibration_images", lambda: _calibration_set(request, manifest, progress))
+    evaluation, notes = _timed(timings, "validation", lambda: _evaluation(request, manifest, calib, fp32_path, progress))
+    histograms = _timed(timings, "histograms", lambda: histogram.collect(
+        fp32_path, calib.images, request.batch_size, _stage(progress, "activations")))
+    with tempfile.TemporaryDirectory(prefix="alexnet-deploy-calib.") as tmp:
+        work = Path(tmp)
+        results = _try_methods(request, fp32_path, work, histograms, evaluation, progress)
+        chosen = _choose(results)
+        final, kept, ranked, int8_acc, met = _apply_budget(request, fp32_path, work, chosen, evaluation, progress,
+                                                           timings)
+        if met is not False:
+            atomic_write_bytes(request.bundle / INT8_FILE, final.read_bytes())
+    timings["total"] = round(time.perf_counter() - started, 3)
+    timings["calibration_seconds"] = round(timings["calibration_images"] + timings["histograms"] + chosen.seconds, 3)
+    report = CalibrationReport(
+        bundle=str(request.bundle), model_file=INT8_FILE if met is not False else None,
+        method_requested=request.method, method=chosen.method, num_images=len(calib), seed=request.seed,
+        random=calib.random, cache_key=calib.cache_key, cache_hit=calib.cache_hit,
+        fp32=evaluation.fp32_accuracy if evaluation else None, int8=int8_acc, max_drop=request.max_drop,
+        budget_met=met, methods=tuple(results), sensitivity=tuple(ranked), kept_float=kept, skipped=calib.skipped,
+        int8_kernels=_kernels(request.bundle / INT8_FILE) if met is not False else {}, timings=timings,
+        notes=tuple(notes))
+    # The bundle always keeps its own copy, which the manifest references; --report adds another.
+    write_report(request.bundle / REPORT_NAME, report)
+    if report_path:
+        write_report(report_path, report)
+    if met is False:
+        raise BudgetNotMet(f"int8 top-1 drop {report.drop:.2f} points exceeds --max-drop {request.max_drop} even with "
+                           f"{len(kept)} layer(s) kept in float; best reached is in {REPORT_NAME}; "
+                           "raise --max-drop or use more/better calibration images", report)
+    _update_manifest(request, calib, report, histograms_summary(chosen.thresholds))
+    return report
+
+
+def _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, val_dir, seed, allow_random,
+              num_val) -> _Request:
+    if method not in ("auto", *histogram.METHODS):
+        raise CalibrationError(f"--method {method!r} is unknown; expected auto, {', '.join(histogram.METHODS)}")
+    for flag, value in (("--num-images", num_images), ("--batch-size", batch_size), ("--num-val", num_val)):
+        if int(value) <= 0:
+            raise CalibrationError(f"{flag} must be a positive integer, got {value}")
+    if max_drop is not None and (not np.isfinite(max_drop) or max_drop < 0):
+        raise CalibrationError(f"--max-drop must be >= 0 top-1 points, got {max_drop}")
+    if calib_dir is None and not allow_random:
+        raise CalibrationError("INT8 calibration needs real images: pass --calib DIR (an image folder with one "
+                               "sub-folder per class). --allow-random-calibration exists for latency-only "
+                               "experiments and stamps the model as randomly calibrated")
+    for flag, folder in (("--calib", calib_dir), ("--val", val_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CalibrationError(f"{flag} {folder}: not a directory; expected an image folder with class sub-folders")
+    return _Request(Path(bundle_dir), Path(calib_dir) if calib_dir else None, int(num_images), method,
+                    int(batch_size), max_drop, Path(val_dir) if val_dir else None, int(seed), allow_random, int(num_val))
+
+
+def _timed(timings: dict[str, float], name: str, fn):
+    start = time.perf_counter()
+    result = fn()
+    timings[name] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _stage(progress: Progress | None, stage: str):
+    return (lambda done, total: progress(stage, done, total)) if progress else None
+
+
+def _fp32_model(bundle: Path, manifest: Manifest) -> Path:
+    artifact = manifest.artifact("fp32", "onnx")
+    if artifact is None:
+        raise CalibrationError(f"{bundle}: the manifest lists no fp32 ONNX model to calibrate; "
+                               "create the bundle with `alexnet-deploy export`")
+    return verify_artifact(bundle, artifact)
+
+
+def _calibration_set(request: _Request, manifest: Manifest, progress: Progress | None) -> dataset.CalibrationSet:
+    if request.calib_dir is None:
+        log.warning("RANDOM calibration: the int8 model's accuracy is meaningless; use it for latency only")
+        return dataset.random_set(manifest.preprocess, request.num_images, request.seed)
+    return dataset.load_set(request.calib_dir, manifest.preprocess, count=request.num_images, seed=request.seed,
+                            role="calib", cache_dir=request.bundle / dataset.CACHE_DIRNAME,
+                            progress=_stage(progress, "calibration images"))
+
+
+def _evaluation(request: _Request, manifest: Manifest, calib: dataset.CalibrationSet, fp32_path: Path,
+                progress: Progress | None) -> tuple[budget.Evaluation | None, list[str]]:
+    folder = request.val_dir or request.calib_dir
+    if folder is None:
+        note = "no held-out images (random calibration without --val): accuracy not measured"
+        return _no_evaluation(request, note)
+    same = request.calib_dir is not None and folder.resolve() == request.calib_dir.resolve()
+    try:
+        val = dataset.load_set(folder, manifest.preprocess, count=request.num_val, seed=request.seed + 1, role="val",
+                               exclude=calib.files if same else (), cache_dir=request.bundle / dataset.CACHE_DIRNAME,
+                               progress=_stage(progress, "validation images"))
+    except DataError as exc:
+        return _no_evaluation(request, f"no held-out images: {exc}")
+    labels = _map_labels(val, manifest.classes)
+    fp32_logits = budget.logits(fp32_path, val.images, request.batch_size)
+    notes = [f"accuracy measured on {len(val)} images of {folder} disjoint from the calibration sample"]
+    return budget.Evaluation(val.images, labels, fp32_logits, request.batch_size), notes
+
+
+def _no_evaluation(request: _Request, note: str) -> tuple[None, list[str]]:
+    if request.max_drop is not None:
+        raise CalibrationError(f"--max-drop needs labelled held-out images ({note}); pass --val DIR or a --calib "
+                               "folder with more images than --num-images")
+    log.warning(note)
+    return None, [note]
+
+
+def _map_labels(val: dataset.CalibrationSet, classes: tuple[str, ...]) -> np.ndarray:
+    unknown = sorted(set(val.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{val.root}: class folders {unknown[:5]} are not classes of this model "
+                        f"({len(classes)} classes, e.g. {list(classes[:3])}); the folder names must match")
+    index = np.asarray([classes.index(name) for name in val.classes])
+    return index[val.labels]
+
+
+def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, evaluation,
+                 progress: Progress | None) -> list[MethodResult]:
+    methods = AUTO_ORDER if request.method == "auto" else (request.method,)
+    if request.method == "auto" and evaluation is None:
+        methods = ("entropy",)
+    results = []
+    for done, name in enumerate(methods, 1):
+        start = time.perf_counter()
+        ranges = histogram.thresholds(histograms, name)
+        out = work / f"{name}.onnx"
+        qdq.write_qdq(fp32_path, out, ranges)
+        seconds = time.perf_counter() - start
+        problems = tuple(qdq.check_qdq(out))
+        if problems:
+            qdq.require_valid(out)
+        acc = budget.measure(out, evaluation) if evaluation is not None else None
+        results.append(MethodResult(name, acc, round(seconds, 3), {k: round(v, 6) for k, v in ranges.items()}))
+        if progress:
+            progress("methods", done, len(methods))
+    return results
+
+
+def _choose(results: list[MethodResult]) -> MethodResult:
+    if results[0].accuracy is None:
+        return results[0]
+    # max() keeps the first of equal scores, so ties go to the earlier method in AUTO_ORDER.
+    return max(results, key=lambda r: budget.score(r.accuracy))
+
+
+def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: MethodResult, evaluation,
+                  progress: Progress | None, timings: dict[str, float]):
+    """(final model path, layers kept float, sensitivity ranking, int8 accuracy, met: bool | None)."""
+    path, acc = work / f"{chosen.method}.onnx", chosen.accuracy
+    if request.max_drop is None or evaluation is None:
+        return path, (), [], acc, None
+    fp32_top1 = evaluation.fp32_accuracy.top1
+    if fp32_top1 is None or fp32_top1 - (acc.top1 or 0.0) <= request.max_drop:
+        return path, (), [], acc, True
+    import onnx
+
+    layers = qdq.weighted_layers(onnx.load(str(fp32_path)))
+    if not layers:
+        return path, (), [], acc, False
+    start = time.perf_counter()
+    ranked = budget.sensitivity(fp32_path, work, chosen.thresholds, layers, acc, evaluation, progress)
+    timings["sensitivity"] = round(time.perf_counter() - start, 3)
+    kept, reached, met = budget.meet_budget(fp32_path, work, chosen.thresholds, ranked, evaluation,
+                                            request.max_drop, progress)
+    timings["budget"] = round(time.perf_counter() - start - timings["sensitivity"], 3)
+    return work / "budget.onnx", kept, ranked, reached, met
+
+
+def _kernels(model_path: Path) -> dict[str, int]:
+    counts = qdq.int8_kernels(qdq.optimized_op_types(model_path))
+    if not counts:
+        log.warning("%s: ONNX Runtime's optimized CPU graph has no int8 kernels; it will run in float", model_path)
+    return counts
+
+
+def histograms_summary(thresholds: dict[str, float]) -> dict[str, float | int]:
+    """Small summary of the activation thresholds for the manifest (the full list is in the report)."""
+    values = np.asarray(list(thresholds.values()) or [0.0], np.float64)
+    return {"activations": len(thresholds), "threshold_min": round(float(values.min()), 6),
+            "threshold_median": round(float(np.median(values)), 6), "threshold_max": round(float(values.max()), 6)}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"alexnet_deploy": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: CalibrationReport,
+                     scales: dict) -> None:
+    built_with = {"tool": "alexnet-deploy calibrate", "method": report.method, "format": "QDQ int8 symmetric",
+                  "per_channel_weights": True, "quantize_bias": False, "scales": scales,
+                  "kept_float": list(report.kept_float), "random_calibration": calib.random, **_versions()}
+    calibration = {
+        "method": report.method, "method_requested": report.method_requested, "num_images": len(calib),
+        "seed": report.seed, "random": calib.random, "source": calib.root, "images": list(calib.files),
+        "skipped": list(calib.skipped), "cache_key": calib.cache_key, "report": REPORT_NAME,
+        "kept_float": list(report.kept_float), "max_drop": report.max_drop, "budget_met": report.budget_met,
+        "fp32_top1": report.fp32.top1 if report.fp32 else None,
+        "int8_top1": report.int8.top1 if report.int8 else None,
+        "agreement": report.int8.agreement if report.int8 else None,
+        "methods": {r.method: (r.accuracy.__dict__ if r.accuracy else None) for r in report.methods},
+    }
+    # Re-read: export may have added artifacts since we started.
+    manifest = read_manifest(request.bundle)
+    artifact = make_artifact(request.bundle, INT8_FILE, "onnx", "int8", built_with)
+    write_manifest(request.bundle, manifest.with_artifact(artifact).replace(calibration=calibration))

@@ -1,0 +1,195 @@
+"""The backend lifecycle and the registry: one base class, one module + one class per backend.
+
+A backend is constructed ready to run (the model is loaded, sessions/buffers allocated) or raises
+BackendUnavailable with the reason it cannot run here. ``infer()`` validates the batch once and
+calls the subclass's ``_infer()``; every backend returns float32 logits of shape (N, classes).
+
+    >>> from alexnet_deploy.deploy import load
+    >>> model = load("bundle/")                     # best available: trt > ort-cuda > ort-cpu
+    >>> model.classify(["cat.jpg"], topk=3)[0].label
+
+The registry maps a name to "module:Class" and imports the module only when asked, so importing
+this module never imports torch, onnxruntime or tensorrt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from alexnet_deploy.deploy.bundle import Manifest, read_manifest
+from alexnet_deploy.deploy.preprocess import preprocess_threaded, softmax
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+# name -> "module:Class". A dict, not an elif chain: adding a backend is one line here + one module.
+BACKENDS: dict[str, str] = {
+    "pt": "alexnet_deploy.deploy.backends.pt:PtBackend",
+    "ort": "alexnet_deploy.deploy.backends.ort:OrtBackend",
+    "trt": "alexnet_deploy.deploy.backends.trt:TrtBackend",
+}
+
+# Shorthands that pick a backend plus an option, e.g. "ort-cuda" = ort with provider="cuda".
+BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ort-cpu": ("ort", {"provider": "cpu"}),
+    "ort-cuda": ("ort", {"provider": "cuda"}),
+    "ort-tensorrt": ("ort", {"provider": "tensorrt"}),
+    "ort-trt": ("ort", {"provider": "tensorrt"}),
+}
+
+# load(backend="auto") tries these in order and keeps the first that constructs.
+AUTO_ORDER: tuple[str, ...] = ("trt", "ort-cuda", "ort-cpu")
+
+# Max |logit - reference| we accept per precision, as a fraction of the reference's logit range.
+# Elementwise 1e-5 fails every sane fp16 build (anchors pain point #11); task-level agreement is
+# what bench reports, this is only the conformance test's sanity bound.
+TOLERANCE: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: the best label, its probability and the top-k (label, probability)."""
+
+    label: str
+    probability: float
+    topk: tuple[tuple[str, float], ...]
+
+
+class Backend:
+    """Base class: subclasses set ``name``/``precisions`` and implement ``_infer`` (and ``close``)."""
+
+    name: ClassVar[str] = "base"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    # GPU backends override synchronize(); bench calls it after every timed iteration.
+    is_gpu: ClassVar[bool] = False
+
+    def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *, manifest: Manifest | None = None,
+                 threads: int | None = None) -> None:
+        if precision not in self.precisions:
+            raise BackendUnavailable(f"backend {self.name!r} runs {'/'.join(self.precisions)}, not {precision!r}")
+        self.bundle = Path(bundle)
+        self.manifest = manifest or read_manifest(bundle)
+        self.precision = precision
+        self.threads = threads
+        self.provider = self.name       # subclasses refine, e.g. "CPUExecutionProvider"
+        self.model_bytes = 0            # size of what was loaded (artifact, engine or checkpoint)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) from the manifest; the batch dimension is dynamic."""
+        return tuple(int(d) for d in self.manifest.input.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.manifest.max_batch)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest.classes)
+
+    # -- running ------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (float32, shape (N, classes)) for a preprocessed float32 NCHW batch, 1 <= N <= max_batch."""
+        self._check_batch(batch)
+        logits = np.asarray(self._infer(np.ascontiguousarray(batch)))
+        if logits.shape != (batch.shape[0], self.num_classes):
+            raise AlexNetDeployError(f"{self.name} {self.precision}: model returned shape {logits.shape}, expected "
+                                     f"{(batch.shape[0], self.num_classes)}; the artifact does not match the manifest")
+        return logits.astype(np.float32, copy=False)
+
+    def infer_all(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits for any number of images, run in chunks of at most ``max_batch``."""
+        chunks = [self.infer(inputs[i:i + self.max_batch]) for i in range(0, len(inputs), self.max_batch)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), np.float32)
+
+    def classify(self, images: Iterable[Any], topk: int = 5, workers: int | None = None) -> list[Prediction]:
+        """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for PIL images or paths."""
+        batch = preprocess_threaded(list(images), self.manifest.preprocess, workers=workers)
+        if len(batch) == 0:
+            return []
+        probs = softmax(self.infer_all(batch))
+        k = max(1, min(int(topk), self.num_classes))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        classes = self.manifest.classes
+        return [Prediction(classes[idx[0]], float(row[idx[0]]), tuple((classes[j], float(row[j])) for j in idx))
+                for row, idx in zip(probs, order)]
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op for host backends)."""
+
+    def close(self) -> None:
+        """Release sessions, buffers and streams. Safe to call twice."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.name} {self.precision} ({self.provider})"
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_batch(self, batch: Any) -> None:
+        where = f"{self.name} {self.precision}"
+        if not isinstance(batch, np.ndarray):
+            raise AlexNetDeployError(f"{where}: infer() takes a numpy array, got {type(batch).__name__}; "
+                                     "use alexnet_deploy.deploy.preprocess() to make one")
+        if batch.dtype != np.float32:
+            raise AlexNetDeployError(f"{where}: input dtype is {batch.dtype}, expected float32 (preprocess() output)")
+        expected = self.input_shape
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise AlexNetDeployError(f"{where}: input shape is {tuple(batch.shape)}, expected (N, "
+                                     f"{', '.join(map(str, expected))}) NCHW")
+        if not 1 <= batch.shape[0] <= self.max_batch:
+            raise AlexNetDeployError(f"{where}: batch size {batch.shape[0]} is outside 1..{self.max_batch} "
+                                     "(the bundle's max batch); use infer_all() for more")
+
+
+def resolve_backend(name: str) -> tuple[str, dict[str, Any]]:
+    """'ort-cuda' -> ('ort', {'provider': 'cuda'}); a registered name maps to itself."""
+    if name in BACKEND_ALIASES:
+        base, options = BACKEND_ALIASES[name]
+        return base, dict(options)
+    if name in BACKENDS:
+        return name, {}
+    known = sorted(set(BACKENDS) | set(BACKEND_ALIASES) | {"auto"})
+    raise AlexNetDeployError(f"unknown backend {name!r}; expected one of {', '.join(known)}")
+
+
+def backend_class(name: str) -> type[Backend]:
+    """Import and return the class registered under ``name`` (the import happens only here)."""
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
+    """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt").
+
+    ``options`` go to the backend: ``threads``, ``provider`` (ort), ``checkpoint`` (pt). With
+    "auto", the first of trt > ort-cuda > ort-cpu that can run here wins; if none can, the error
+    lists every reason.
+    """
+    manifest = read_manifest(bundle)
+    names: Sequence[str] = AUTO_ORDER if backend == "auto" else (backend,)
+    reasons = []
+    for name in names:
+        base, alias_options = resolve_backend(name)
+        try:
+            return backend_class(base)(bundle, precision, manifest=manifest, **{**alias_options, **options})
+        except BackendUnavailable as exc:
+            if backend != "auto":
+                raise
+            log.info("backend %s unavailable: %s", name, exc)
+            reasons.append(f"{name}: {exc}")
+    raise BackendUnavailable(f"no backend can run {bundle} at {precision}: " + "; ".join(reasons))

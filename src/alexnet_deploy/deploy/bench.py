@@ -1,0 +1,522 @@
+"""Latency and accuracy of every backend x precision x batch, in one table.
+
+Method (mirrors trtexec, reference/tensorrt.md §5): warm up by time, then time every iteration
+(with a device sync for GPU backends) until both ``min_iters`` and ``min_time_s`` are reached;
+percentiles use trtexec's definition; throughput is images / host wall time of the timed loop.
+Model-only by default (a preprocessed batch already in memory); ``end_to_end`` adds JPEG decode
+and preprocessing of real files inside every timed iteration.
+
+Accuracy is computed once per backend x precision on the labelled folder (at the bundle's max
+batch) and shared by that pair's rows: top-1/top-5, top-1 agreement with the fp32 reference
+(pt if it can run, else ort fp32), right->wrong / wrong->right flips and max |logit diff|.
+Without a folder, the bundle's reference.npz (exporter's torch logits) gives agreement only.
+
+Anything that cannot run here still gets rows, with status "unavailable" or "failed" and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from alexnet_deploy.deploy.backend import Backend, backend_class, resolve_backend
+from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.compare import Accuracy, compare_logits
+from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_threaded
+from alexnet_deploy.deploy.system import system_facts
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ort-cuda", "ort-tensorrt", "trt")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+# trtexec warns above 2.5 % on a GPU with locked clocks; a shared CPU is noisier, so 10 %.
+CV_WARN = 0.10
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run; field names follow the CLI flags."""
+
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    precisions: tuple[str, ...] = PRECISIONS
+    batches: tuple[int, ...] = ()          # empty: (1, the bundle's max batch)
+    warmup_s: float = 0.2
+    min_iters: int = 10
+    min_time_s: float = 1.0
+    end_to_end: bool = False
+    threads: int | None = None
+    checkpoint: str | None = None
+    data: str | None = None
+    max_images: int | None = 1000
+    cv_warn: float = CV_WARN
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-iteration latency summary for one batch size."""
+
+    iters: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    cv: float
+    throughput_ips: float
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One backend x precision x batch (DESIGN §3 fields first, then extras)."""
+
+    backend: str
+    precision: str
+    provider: str = ""
+    status: str = "ok"                     # ok | unavailable | failed
+    reason: str = ""
+    batch: int = 1
+    iters: int | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    throughput_ips: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    n_images: int | None = None
+    model_bytes: int | None = None
+    cv: float | None = None
+    unstable: bool = False
+    flips_right_to_wrong: int | None = None
+    flips_wrong_to_right: int | None = None
+    reference: str | None = None
+    mode: str = "model"                    # model | end-to-end
+    random_calibration: bool = False
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(BenchRow))
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """``{"system": ..., "config": ..., "rows": [...]}`` as written to JSON."""
+
+    system: dict[str, Any]
+    rows: tuple[BenchRow, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"system": self.system, "config": self.config, "rows": [r.to_dict() for r in self.rows]}
+
+
+# ---- latency ---------------------------------------------------------------------------------
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """trtexec's percentile: ``sorted[max(n - 1 - floor((1 - p/100) * n), 0)]`` (a value that occurred)."""
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("percentile of no values")
+    # round() first: in binary floating point (1 - 0.9) * 100 is 9.999..., which would floor to 9
+    # and make the p90 of 1..100 read 91; the definition means 10 (trtexec computes in float32).
+    return float(sorted_values[max(n - 1 - int(math.floor(round((1.0 - p / 100.0) * n, 9))), 0)])
+
+
+def latency_stats(times_s: Sequence[float], batch: int, wall_s: float) -> LatencyStats:
+    """Summary of per-iteration times (seconds); throughput = images / ``wall_s``."""
+    ms = np.sort(np.asarray(times_s, dtype=np.float64) * 1000.0)
+    mean = float(ms.mean())
+    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    return LatencyStats(iters=len(ms), p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90),
+                        p99_ms=percentile(ms, 99), mean_ms=mean, std_ms=std, min_ms=float(ms[0]),
+                        max_ms=float(ms[-1]), cv=std / mean if mean > 0 else 0.0,
+                        throughput_ips=len(ms) * batch / wall_s if wall_s > 0 else 0.0)
+
+
+def measure(step: Callable[[], object], sync: Callable[[], None], *, warmup_s: float, min_iters: int,
+            min_time_s: float) -> tuple[list[float], float]:
+    """Warm up for ``warmup_s`` (at least one call), then time calls until both minimums are met.
+
+    Returns (per-iteration seconds, wall seconds of the timed loop). ``sync`` runs inside each
+    timed iteration so queued GPU work is counted where it happens.
+    """
+    end = time.perf_counter() + warmup_s
+    while True:
+        step()
+        sync()
+        if time.perf_counter() >= end:
+            break
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max(1, min_iters) or time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, time.perf_counter() - start
+
+
+# ---- evaluation data -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Preprocessed images with labels (indices into manifest.classes) and their files."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    paths: tuple[Path, ...]
+    reference_logits: np.ndarray | None = None   # set when the images came from reference.npz
+    source: str = ""
+
+
+def load_eval_set(data: str | os.PathLike, manifest: Manifest, max_images: int | None = None,
+                  workers: int | None = None) -> EvalSet:
+    """A labelled folder (class sub-folders named like manifest.classes), class-balanced when capped."""
+    folder_classes, samples = list_class_folder(data)
+    unknown = [c for c in folder_classes if c not in manifest.classes]
+    if unknown:
+        raise DataError(f"{data}: class folders {unknown[:5]} are not among the bundle's classes "
+                        f"{list(manifest.classes)[:10]}; --data needs folders named like manifest.json classes")
+    by_class: dict[int, list[Path]] = {}
+    for path, index in samples:
+        by_class.setdefault(manifest.classes.index(folder_classes[index]), []).append(path)
+    # Round-robin over classes so a cap keeps the classes balanced; the order is deterministic.
+    longest = max(len(v) for v in by_class.values())
+    picked = [(paths[i], c) for i in range(longest) for c, paths in sorted(by_class.items()) if i < len(paths)]
+    picked = picked[:max_images] if max_images else picked
+    inputs = preprocess_threaded([p for p, _ in picked], manifest.preprocess, workers=workers)
+    return EvalSet(inputs, np.asarray([c for _, c in picked], dtype=np.int64), tuple(p for p, _ in picked),
+                   source=str(data))
+
+
+def load_reference_npz(bundle: Path, manifest: Manifest) -> EvalSet | None:
+    """The exporter's golden inputs/logits (reference.npz), or None when the bundle has none."""
+    artifact = manifest.artifact("fp32", "npz")
+    if artifact is None:
+        return None
+    path = verify_artifact(bundle, artifact)
+    with np.load(path, allow_pickle=False) as npz:
+        if "inputs" not in npz or "logits" not in npz:
+            raise AlexNetDeployError(f"{path}: expected arrays 'inputs' and 'logits'")
+        inputs, logits = np.asarray(npz["inputs"], np.float32), np.asarray(npz["logits"], np.float32)
+    return EvalSet(inputs, None, (), reference_logits=logits, source=artifact.file)
+
+
+# ---- one backend x precision -----------------------------------------------------------------
+
+def open_backend(bundle: Path, manifest: Manifest, name: str, precision: str, config: BenchConfig) -> Backend:
+    """Construct the backend ``name`` (alias-aware) with the bench's threads/checkpoint options."""
+    base, options = resolve_backend(name)
+    if base == "pt" and config.checkpoint:
+        options["checkpoint"] = config.checkpoint
+    return backend_class(base)(bundle, precision, manifest=manifest, threads=config.threads, **options)
+
+
+def supported_precisions(name: str) -> tuple[str, ...]:
+    """Precisions the backend class can run at all (pt is fp32 only)."""
+    return backend_class(resolve_backend(name)[0]).precisions
+
+
+def latency_input(batch: int, eval_set: EvalSet | None, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A model-only batch: real preprocessed images when there are any (tiled), else seeded noise."""
+    if eval_set is not None and len(eval_set.inputs):
+        reps = -(-batch // len(eval_set.inputs))
+        return np.ascontiguousarray(np.concatenate([eval_set.inputs] * reps)[:batch])
+    return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def time_batch(backend: Backend, batch: int, eval_set: EvalSet | None, config: BenchConfig) -> LatencyStats:
+    """Latency of one batch size, model-only or end-to-end (decode + preprocess + infer)."""
+    if not config.end_to_end:
+        x = latency_input(batch, eval_set, backend.input_shape, config.seed)
+        step: Callable[[], object] = lambda: backend.infer(x)
+    else:
+        if eval_set is None or not eval_set.paths:
+            raise DataError("--end-to-end needs --data DIR: it times decoding real image files")
+        paths, spec, cursor = eval_set.paths, backend.manifest.preprocess, [0]
+
+        def step() -> object:
+            start = cursor[0]
+            chunk = [paths[(start + i) % len(paths)] for i in range(batch)]
+            cursor[0] = (start + batch) % len(paths)
+            return backend.infer(preprocess_threaded(chunk, spec, workers=config.threads))
+    times, wall = measure(step, backend.synchronize, warmup_s=config.warmup_s, min_iters=config.min_iters,
+                          min_time_s=config.min_time_s)
+    return latency_stats(times, batch, wall)
+
+
+def _accuracy_fields(acc: Accuracy | None, num_classes: int) -> dict[str, Any]:
+    if acc is None:
+        return {}
+    # top-5 of a model with <= 5 classes is always 100 %: report nothing rather than a flattering number.
+    return {"top1": acc.top1, "top5": acc.top5 if num_classes > 5 else None, "agreement": acc.agreement,
+            "max_abs_diff": acc.max_abs_diff, "flips_right_to_wrong": acc.flips_right_to_wrong,
+            "flips_wrong_to_right": acc.flips_wrong_to_right, "n_images": acc.n_images}
+
+
+def _row_from_stats(base: dict[str, Any], stats: LatencyStats, cv_warn: float) -> BenchRow:
+    warnings = list(base.pop("warnings", ()))
+    unstable = stats.cv > cv_warn
+    if unstable:
+        warnings.append(f"unstable: coefficient of variation {stats.cv:.1%} > {cv_warn:.0%} "
+                        "(busy machine or unlocked clocks); rerun with a longer --min-time-s")
+    timing = {k: getattr(stats, k) for k in ("iters", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+                                             "throughput_ips", "cv")}
+    return BenchRow(**base, **timing, unstable=unstable, warnings=tuple(warnings))
+
+
+def _failed_rows(common: dict[str, Any], batches: Sequence[int], status: str, reason: str) -> list[BenchRow]:
+    return [BenchRow(**common, status=status, reason=reason, batch=b) for b in batches]
+
+
+def _describe_error(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, AlexNetDeployError) else f"{exc.__class__.__name__}: {exc}"
+
+
+def pair_accuracy(backend: Backend, eval_set: EvalSet | None, reference: np.ndarray | None,
+                  cached: np.ndarray | None = None) -> Accuracy | None:
+    """Accuracy and agreement of one backend on the eval set (None without one)."""
+    if eval_set is None:
+        return None
+    logits = cached if cached is not None else backend.infer_all(eval_set.inputs)
+    return compare_logits(logits, eval_set.labels, reference)
+
+
+def run_pair(bundle: Path, manifest: Manifest, name: str, precision: str, batches: Sequence[int],
+             context: "_Context", progress: Callable[[str, int], None]) -> list[BenchRow]:
+    """All rows of one backend x precision; never raises for a backend problem, it becomes a row."""
+    config = context.config
+    common: dict[str, Any] = {"backend": name, "precision": precision, "mode": "end-to-end" if config.end_to_end
+                              else "model", "reference": context.reference_name}
+    if precision == "int8" and manifest.calibration.get("random"):
+        common.update(random_calibration=True, warnings=("INT8 scales came from RANDOM data "
+                                                         "(--allow-random-calibration): latency only, accuracy "
+                                                         "is meaningless",))
+    progress(f"{name} {precision}: loading", 0)
+    try:
+        backend = open_backend(bundle, manifest, name, precision, config)
+    except BackendUnavailable as exc:
+        progress("", len(batches))
+        return _failed_rows(common, batches, "unavailable", str(exc))
+    except Exception as exc:  # noqa: BLE001 - a broken backend is a "failed" row, not a crashed bench
+        log.debug("opening %s %s failed", name, precision, exc_info=True)
+        progress("", len(batches))
+        return _failed_rows(common, batches, "failed", _describe_error(exc))
+    with backend:
+        common.update(provider=backend.provider, model_bytes=backend.model_bytes)
+        try:
+            progress(f"{name} {precision}: accuracy", 0)
+            acc = pair_accuracy(backend, context.eval_set, context.reference,
+                                context.cache.get((name, precision)))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("accuracy of %s %s failed", name, precision, exc_info=True)
+            progress("", len(batches))
+            return _failed_rows(common, batches, "failed", f"accuracy run: {_describe_error(exc)}")
+        common.update(_accuracy_fields(acc, backend.num_classes))
+        return [_timed_row(backend, b, common, context, progress) for b in batches]
+
+
+def _timed_row(backend: Backend, batch: int, common: dict[str, Any], context: "_Context",
+               progress: Callable[[str, int], None]) -> BenchRow:
+    progress(f"{common['backend']} {common['precision']}: batch {batch}", 0)
+    try:
+        stats = time_batch(backend, batch, context.eval_set, context.config)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("timing failed", exc_info=True)
+        return BenchRow(**common, status="failed", reason=f"timing: {_describe_error(exc)}", batch=batch)
+    finally:
+        progress("", 1)
+    return _row_from_stats({**common, "batch": batch}, stats, context.config.cv_warn)
+
+
+@dataclass
+class _Context:
+    config: BenchConfig
+    eval_set: EvalSet | None
+    reference: np.ndarray | None
+    reference_name: str | None
+    cache: dict[tuple[str, str], np.ndarray]
+
+
+def compute_reference(bundle: Path, manifest: Manifest, eval_set: EvalSet | None,
+                      config: BenchConfig) -> tuple[np.ndarray | None, str | None, dict]:
+    """Reference logits for agreement: reference.npz's, else pt fp32, else ort fp32 (CPU)."""
+    if eval_set is None:
+        return None, None, {}
+    if eval_set.reference_logits is not None:
+        return eval_set.reference_logits, f"{eval_set.source} (export-time torch logits)", {}
+    for name in ("pt", "ort"):
+        try:
+            with open_backend(bundle, manifest, name, "fp32", config) as backend:
+                logits = backend.infer_all(eval_set.inputs)
+            return logits, f"{name} fp32", {(name, "fp32"): logits}
+        except BackendUnavailable as exc:
+            log.warning("reference %s fp32 unavailable: %s", name, exc)
+    return None, None, {}
+
+
+def resolve_batches(config: BenchConfig, manifest: Manifest) -> tuple[int, ...]:
+    """The batch sizes to time: --batch values (checked against max batch) or (1, max batch)."""
+    batches = tuple(dict.fromkeys(config.batches or (1, manifest.max_batch)))
+    bad = [b for b in batches if not 1 <= b <= manifest.max_batch]
+    if bad:
+        raise AlexNetDeployError(f"--batch {bad[0]} is outside 1..{manifest.max_batch} (the bundle's max batch; "
+                                 "re-export with --max-batch N for larger batches)")
+    return batches
+
+
+def plan_pairs(config: BenchConfig) -> list[tuple[str, str]]:
+    """(backend, precision) pairs to run; precisions a backend cannot run at all (pt fp16) are skipped."""
+    for precision in config.precisions:
+        if precision not in PRECISIONS:
+            raise AlexNetDeployError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    pairs = []
+    for name in dict.fromkeys(config.backends):
+        supported = supported_precisions(name)
+        pairs.extend((name, p) for p in config.precisions if p in supported)
+    return pairs
+
+
+def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
+              progress: Callable[[str, int], None] | None = None, total: Callable[[int], None] | None = None
+              ) -> BenchReport:
+    """Bench every requested backend x precision x batch of ``bundle``; see the module docstring.
+
+    ``total(n)`` is called once with the number of timed rows; ``progress(description, advance)``
+    as work proceeds (for a progress bar).
+    """
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    batches, pairs = resolve_batches(config, manifest), plan_pairs(config)
+    if config.end_to_end and not config.data:
+        raise DataError("--end-to-end needs --data DIR: it times decoding and preprocessing real image files")
+    progress = progress or (lambda desc, advance: None)
+    if total:
+        total(len(pairs) * len(batches))
+    progress("loading images", 0)
+    eval_set = (load_eval_set(config.data, manifest, config.max_images, workers=config.threads) if config.data
+                else load_reference_npz(bundle, manifest))
+    progress("reference logits", 0)
+    reference, reference_name, cache = compute_reference(bundle, manifest, eval_set, config)
+    context = _Context(config, eval_set, reference, reference_name, cache)
+    rows = [row for name, precision in pairs
+            for row in run_pair(bundle, manifest, name, precision, batches, context, progress)]
+    config_dict = {**dataclasses.asdict(config), "bundle": str(bundle), "batches": list(batches)}
+    return BenchReport(system_facts(config.threads), tuple(rows), config_dict)
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+def write_json(report: BenchReport, path: str | os.PathLike) -> Path:
+    """The DESIGN §3 JSON: {"system": ..., "config": ..., "rows": [...]} (atomic write)."""
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
+    """One line per row, columns ROW_FIELDS; warnings joined with '; ' (atomic write)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(ROW_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        data = row.to_dict()
+        data["warnings"] = "; ".join(row.warnings)
+        writer.writerow({k: "" if v is None else v for k, v in data.items()})
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A bench JSON written by write_json; a clear error naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise AlexNetDeployError(f"{path}: not found; write one with `alexnet-deploy bench BUNDLE --json {path}`") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AlexNetDeployError(f"{path}: not a bench JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise AlexNetDeployError(f"{path}: not a bench JSON (expected an object with a 'rows' list)")
+    return data
+
+
+def write_plots(report: BenchReport, out_dir: str | os.PathLike) -> list[Path]:
+    """latency_vs_batch.png and top1_vs_latency.png (matplotlib, imported only here)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependency("--plot needs matplotlib, which the runtime does not install: pip install matplotlib"
+                                ) from exc
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in report.rows if r.status == "ok"]
+    written = [_plot_latency(plt, ok, out / "latency_vs_batch.png")]
+    if any(r.top1 is not None or r.agreement is not None for r in ok):
+        written.append(_plot_accuracy(plt, ok, out / "top1_vs_latency.png"))
+    return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    from alexnet_deploy.deploy.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _plot_latency(plt, rows: Sequence[BenchRow], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys((r.backend, r.precision) for r in rows):
+        series = sorted((r.batch, r.p50_ms, r.p90_ms) for r in rows if (r.backend, r.precision) == key)
+        xs, p50, p90 = zip(*series)
+        line, = ax.plot(xs, p50, marker="o", label=f"{key[0]} {key[1]}")
+        ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="batch", ylabel="latency per batch, p50 (ms; band to p90)", title="Latency vs batch")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _plot_accuracy(plt, rows: Sequence[BenchRow], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    use_top1 = any(r.top1 is not None for r in rows)
+    smallest = min(r.batch for r in rows)
+    for r in rows:
+        value = r.top1 if use_top1 else r.agreement
+        if r.batch == smallest and value is not None:
+            ax.scatter(r.p50_ms, value * 100, s=40)
+            ax.annotate(f"{r.backend} {r.precision}", (r.p50_ms, value * 100), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    label = "top-1 (%)" if use_top1 else "top-1 agreement with reference (%)"
+    ax.set(xlabel=f"p50 latency at batch {smallest} (ms)", ylabel=label, title=f"{label} vs latency")
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)

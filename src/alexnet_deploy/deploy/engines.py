@@ -1,0 +1,523 @@
+"""TensorRT engines on the device: a cache in the bundle, builds in a child process, OOM retries.
+
+A plan only runs with the TensorRT version and GPU that built it, so engines are built on the
+target and cached in ``BUNDLE/engines/``. The manifest is the cache index: each ``trt-plan``
+artifact carries, in ``built_with``, the cache key (source ONNX sha256, TensorRT version, GPU name
+and compute capability, precision, optimization profile, DLA core, version-compatible flag) and its
+digest. A matching entry whose file still has the recorded sha256 is reused; anything else is
+rebuilt and replaces it.
+
+The build itself runs in ``python -m alexnet_deploy.deploy.engines build ...`` because on a Jetson
+the kernel's OOM killer often kills a TensorRT build outright: in a child process that is a
+failure the parent can see, and retry with a smaller workspace and a lower builder optimization
+level. The device probe (TensorRT version, GPU, free memory) also runs in a child so that the
+parent never loads TensorRT and CUDA next to the build.
+
+This module imports neither torch nor tensorrt; the child imports ``export.tensorrt`` lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError, ExportError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("TensorRT and a CUDA GPU are needed to build engines: on a Jetson use JetPack's python3-libnvinfer "
+                "(venv with --system-site-packages) and pip install 'alexnet-deploy[jetson]'; on an x86 GPU box "
+                "pip install 'alexnet-deploy[tensorrt]'. Without a GPU, run the ONNX models with --backend ort")
+OOM_EXIT_CODE = 3
+UNAVAILABLE_EXIT_CODE = 4
+MIN_WORKSPACE = 64 << 20
+MAX_DEFAULT_WORKSPACE = 4 << 30
+_OOM_MARKERS = ("out of memory", "outofmemory", "could not be allocated", "bad_alloc", "memoryerror",
+                "cudaerrormemoryallocation", "insufficient memory")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the cache key and the workspace size need to know about this machine."""
+
+    trt_version: str
+    gpu_name: str
+    compute_capability: str     # "8.7"
+    free_bytes: int
+    total_bytes: int
+    integrated: bool = False    # Jetson: the GPU shares system RAM
+    # precision -> the ONNX file this TensorRT builds it from (8.6 builds fp16 from the fp32 ONNX
+    # with a builder flag; 10.x/11.x from the fp16-typed ONNX), so the key hashes the real source.
+    routes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything that makes an engine valid for this bundle on this device."""
+
+    onnx_file: str
+    onnx_sha256: str
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]   # min, opt, max input shapes
+    dla_core: int | None = None
+    version_compatible: bool = False
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["profile"] = [list(s) for s in self.profile]
+        return data
+
+    def digest(self) -> str:
+        """Short, stable digest of the key (the ONNX file name is not part of it, its sha256 is)."""
+        data = {k: v for k, v in self.to_dict().items() if k != "onnx_file"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One build try: workspace limit and builder optimization level."""
+
+    workspace_bytes: int
+    opt_level: int
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """Progress reported to the caller (the CLI shows it; the library only logs)."""
+
+    kind: str          # probe | cached | stale | attempt | oom | built | failed
+    precision: str
+    message: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """The engine for one precision: reused from the cache or freshly built."""
+
+    precision: str
+    path: Path
+    cached: bool
+    key: EngineKey
+    attempts: tuple[Attempt, ...] = ()
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The build-engine flags that reach the child."""
+
+    max_batch: int | None = None
+    workspace_gib: float | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    opt_level: int = 3
+    force: bool = False
+    timeout_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- cache key and lookup
+
+def source_onnx(manifest: Manifest, precision: str) -> Artifact:
+    """The ONNX artifact an engine of ``precision`` is built from (precision lives in the ONNX)."""
+    artifact = manifest.artifact(precision, "onnx")
+    if artifact is None:
+        have = sorted({a.precision for a in manifest.artifacts if a.kind == "onnx"})
+        todo = "alexnet-deploy calibrate BUNDLE --calib DIR" if precision == "int8" else "alexnet-deploy export ... --fp16"
+        raise BundleError(f"the bundle has no {precision} ONNX model (it has {have}); make one with `{todo}`")
+    return artifact
+
+
+def engine_key(manifest: Manifest, precision: str, device: DeviceInfo, *, max_batch: int | None = None,
+               dla_core: int | None = None, version_compatible: bool = False) -> EngineKey:
+    """The cache key for building ``precision`` from this bundle on ``device``."""
+    onnx = source_onnx(manifest, precision)
+    routed = device.routes.get(precision)
+    if routed and routed != onnx.file:
+        onnx = next((a for a in manifest.artifacts if a.file == routed and a.kind == "onnx"), onnx)
+    batch = max_batch or manifest.max_batch
+    if batch < 1:
+        raise ExportError(f"--max-batch {batch}: must be >= 1")
+    chw = tuple(manifest.input.shape[1:])
+    # DLA has no dynamic shapes: min = opt = max.
+    low, opt = (batch, batch) if dla_core is not None else (1, max(1, min(8, batch)))
+    profile = ((low, *chw), (opt, *chw), (batch, *chw))
+    return EngineKey(onnx_file=onnx.file, onnx_sha256=onnx.sha256, trt_version=device.trt_version,
+                     gpu_name=device.gpu_name, compute_capability=device.compute_capability, precision=precision,
+                     profile=profile, dla_core=dla_core, version_compatible=version_compatible)
+
+
+def key_differences(recorded: dict, key: EngineKey) -> list[str]:
+    """Human-readable fields where a recorded key differs from ``key`` (why an engine is stale)."""
+    wanted = key.to_dict()
+    return [f"{name}: {recorded.get(name)!r} -> {value!r}" for name, value in wanted.items()
+            if name != "onnx_file" and recorded.get(name) != value]
+
+
+def find_cached(bundle: str | os.PathLike, manifest: Manifest, key: EngineKey) -> tuple[Artifact | None, str]:
+    """(artifact, "") for a reusable engine, else (None, why it must be built)."""
+    plans = [a for a in manifest.artifacts if a.kind == "trt-plan" and a.precision == key.precision]
+    match = next((a for a in plans if a.built_with.get("cache_key") == key.digest()), None)
+    if match is None:
+        if not plans:
+            return None, "no engine yet"
+        recorded = plans[-1].built_with.get("key") or {}
+        return None, "stale: " + ("; ".join(key_differences(recorded, key)) or "cache key changed")
+    try:
+        verify_artifact(bundle, match)
+    except BundleError as exc:
+        return None, f"cached engine unusable: {exc}"
+    return match, ""
+
+
+# --------------------------------------------------------------------------- workspace and retries
+
+def default_workspace(device: DeviceInfo) -> int:
+    """Half the free GPU memory, between 64 MiB and 4 GiB: leaves room for TensorRT's own
+    allocations (and, on a Jetson, for the rest of the system sharing that memory)."""
+    return int(min(MAX_DEFAULT_WORKSPACE, max(MIN_WORKSPACE, device.free_bytes // 2)))
+
+
+def retry_plan(workspace_bytes: int, opt_level: int, max_attempts: int = 3) -> list[Attempt]:
+    """First try as asked, then halve the workspace and lower the optimization level each time
+    (lower levels try fewer tactics, so they need less memory and time)."""
+    attempts = [Attempt(int(workspace_bytes), int(opt_level))]
+    while len(attempts) < max_attempts:
+        last = attempts[-1]
+        nxt = Attempt(max(MIN_WORKSPACE, last.workspace_bytes // 2), max(0, min(last.opt_level - 1, 2)))
+        if nxt == last:
+            break
+        attempts.append(nxt)
+    return attempts
+
+
+def is_oom(returncode: int, message: str) -> bool:
+    """A killed child (negative return code: a signal, typically SIGKILL from the OOM killer) or
+    a builder error that says it ran out of memory."""
+    text = message.lower().replace(" ", "") if message else ""
+    return returncode < 0 or returncode == OOM_EXIT_CODE or any(m.replace(" ", "") in text for m in _OOM_MARKERS)
+
+
+# --------------------------------------------------------------------------- child processes
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _run_child(args: Sequence[str], env: dict[str, str], timeout_s: float | None,
+               on_line: Callable[[dict], None] | None = None) -> tuple[int, dict, str]:
+    """Run the child, stream its JSON event lines; return (returncode, final result, stderr tail)."""
+    cmd = [sys.executable, "-m", "alexnet_deploy.deploy.engines", *args]
+    result: dict = {}
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env))
+        start = time.monotonic()
+        for line in proc.stdout:   # one JSON object per line; anything else is TensorRT chatter
+            event = _parse_line(line)
+            if event is None:
+                continue
+            if event.get("event") == "result":
+                result = event
+            elif on_line:
+                on_line(event)
+            if timeout_s and time.monotonic() - start > timeout_s:
+                proc.kill()
+        proc.wait()
+        err.seek(0)
+        tail = "\n".join(err.read().strip().splitlines()[-15:])
+    return proc.returncode, result, tail
+
+
+def _parse_line(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def probe_device(env: dict[str, str] | None = None, bundle: str | os.PathLike | None = None) -> DeviceInfo:
+    """TensorRT version, GPU, free memory (and, given a bundle, which ONNX each precision is built
+    from on this TensorRT), read in a child process (see module docstring)."""
+    code, result, tail = _run_child(["probe"] + (["--bundle", str(bundle)] if bundle else []), env or {},
+                                    timeout_s=120)
+    if code == 0 and result.get("ok"):
+        return DeviceInfo(**result["device"])
+    reason = result.get("error") or tail.splitlines()[-1:] or [f"probe exited with {code}"]
+    reason = reason if isinstance(reason, str) else reason[0]
+    if code == UNAVAILABLE_EXIT_CODE:
+        raise BackendUnavailable(f"cannot build TensorRT engines here: {reason}. {INSTALL_HINT}")
+    raise ExportError(f"probing TensorRT/GPU failed: {reason}")
+
+
+def _build_args(bundle: Path, precision: str, attempt: Attempt, key: EngineKey, opts: BuildOptions) -> list[str]:
+    args = ["build", str(bundle), "--precision", precision, "--max-batch", str(key.profile[2][0]),
+            "--opt-batch", str(key.profile[1][0]),
+            "--workspace-bytes", str(attempt.workspace_bytes), "--opt-level", str(attempt.opt_level)]
+    if key.dla_core is not None:
+        args += ["--dla-core", str(key.dla_core)]
+    if key.version_compatible:
+        args.append("--version-compatible")
+    return args
+
+
+def _attempt_build(bundle: Path, key: EngineKey, attempt: Attempt, opts: BuildOptions,
+                   emit: Callable[[BuildEvent], None], index: int) -> tuple[str, dict]:
+    """Run one build child; return ("ok"|"oom"|"error", result-or-{"error": message})."""
+    def relay(event: dict) -> None:
+        emit(BuildEvent("progress", key.precision, str(event.get("message", "")), index))
+
+    code, result, tail = _run_child(_build_args(bundle, key.precision, attempt, key, opts), opts.env,
+                                    opts.timeout_s, relay)
+    if code == 0 and result.get("ok"):
+        return "ok", result
+    message = result.get("error") or tail or f"build process exited with code {code}"
+    if code < 0:
+        message = f"the build process was killed by signal {-code} (likely out of memory). {tail[-300:]}"
+    if code == UNAVAILABLE_EXIT_CODE:
+        raise BackendUnavailable(f"cannot build TensorRT engines here: {message}. {INSTALL_HINT}")
+    return ("oom" if is_oom(code, message) else "error"), {"error": message}
+
+
+# --------------------------------------------------------------------------- the cache, end to end
+
+class _BundleLock:
+    """An exclusive lock on BUNDLE/engines/.lock so two build-engine runs don't interleave
+    manifest writes (the second waits, then finds the first one's engine in the cache)."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.path = bundle / "engines" / ".lock"
+
+    def __enter__(self) -> "_BundleLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _sidecar_facts(bundle: Path, sidecar: str | None) -> dict:
+    """The fields export.tensorrt.register_engine records, read from the engine's JSON sidecar."""
+    if not sidecar or not (bundle / sidecar).is_file():
+        return {}
+    try:
+        meta = json.loads((bundle / sidecar).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {"sidecar": sidecar}
+    gpu = meta.get("gpu") or {}
+    return {"sidecar": sidecar, "tensorrt": meta.get("tensorrt_version"), "gpu": gpu.get("name"),
+            "compute_capability": gpu.get("compute_capability"), "profile": meta.get("profile"),
+            "source_onnx_sha256": (meta.get("source_onnx") or {}).get("sha256")}
+
+
+def _register(bundle: Path, key: EngineKey, plan_file: str, attempt: Attempt, seconds: float,
+              sidecar: str | None = None) -> Artifact:
+    """Add (or replace) the engine's manifest entry; its built_with is the cache record."""
+    manifest = read_manifest(bundle)   # re-read under the lock: another precision may have been added
+    artifact = make_artifact(bundle, plan_file, "trt-plan", key.precision, built_with={
+        **_sidecar_facts(bundle, sidecar), "cache_key": key.digest(), "key": key.to_dict(),
+        "workspace_bytes": attempt.workspace_bytes, "opt_level": attempt.opt_level,
+        "build_seconds": round(seconds, 2)})
+    write_manifest(bundle, manifest.with_artifact(artifact))
+    return artifact
+
+
+def _plan_file(bundle: Path, result: dict) -> str:
+    plan = Path(result.get("plan", ""))
+    path = plan if plan.is_absolute() else bundle / plan
+    try:
+        return path.resolve().relative_to(bundle.resolve()).as_posix()
+    except ValueError as exc:
+        raise ExportError(f"the build wrote its engine outside the bundle ({path})") from exc
+
+
+def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions = BuildOptions(), *,
+                  device: DeviceInfo | None = None,
+                  on_event: Callable[[BuildEvent], None] | None = None) -> EngineResult:
+    """Reuse the cached engine for ``precision`` or build it (in a child, retrying on OOM)."""
+    bundle = Path(bundle)
+    emit = on_event or (lambda event: log.info("%s %s: %s", event.precision, event.kind, event.message))
+    manifest = read_manifest(bundle)
+    verify_artifact(bundle, source_onnx(manifest, precision))
+    device = device or probe_device(opts.env, bundle)
+    key = engine_key(manifest, precision, device, max_batch=opts.max_batch, dla_core=opts.dla_core,
+                     version_compatible=opts.version_compatible)
+    with _BundleLock(bundle):
+        manifest = read_manifest(bundle)
+        cached, reason = (None, "--force") if opts.force else find_cached(bundle, manifest, key)
+        if cached is not None:
+            emit(BuildEvent("cached", precision, f"reusing {cached.file} (key {key.digest()})"))
+            return EngineResult(precision, bundle / cached.file, True, key, reason="cache hit")
+        emit(BuildEvent("stale", precision, f"building: {reason}"))
+        return _build_with_retries(bundle, key, device, opts, emit, reason)
+
+
+def _build_with_retries(bundle: Path, key: EngineKey, device: DeviceInfo, opts: BuildOptions,
+                        emit: Callable[[BuildEvent], None], reason: str) -> EngineResult:
+    workspace = int(opts.workspace_gib * (1 << 30)) if opts.workspace_gib else default_workspace(device)
+    plan = retry_plan(workspace, opts.opt_level)
+    tried: list[Attempt] = []
+    for index, attempt in enumerate(plan, start=1):
+        tried.append(attempt)
+        emit(BuildEvent("attempt", key.precision, f"attempt {index}/{len(plan)}: workspace "
+                        f"{attempt.workspace_bytes >> 20} MiB, optimization level {attempt.opt_level}", index))
+        start = time.monotonic()
+        status, result = _attempt_build(bundle, key, attempt, opts, emit, index)
+        seconds = time.monotonic() - start
+        if status == "ok":
+            artifact = _register(bundle, key, _plan_file(bundle, result), attempt, seconds, result.get("sidecar"))
+            emit(BuildEvent("built", key.precision, f"{artifact.file} in {seconds:.1f} s", index))
+            return EngineResult(key.precision, bundle / artifact.file, False, key, tuple(tried), seconds, reason)
+        if status == "error":
+            emit(BuildEvent("failed", key.precision, result["error"], index))
+            raise ExportError(f"building the {key.precision} engine failed: {result['error']}")
+        emit(BuildEvent("oom", key.precision, f"out of memory: {result['error'][:200]}", index))
+    last = tried[-1]
+    raise ExportError(
+        f"building the {key.precision} engine ran out of memory {len(tried)} times (last try: workspace "
+        f"{last.workspace_bytes >> 20} MiB, optimization level {last.opt_level}); free memory (close other "
+        "programs; on a Jetson add swap or stop the desktop), or pass a smaller --max-batch or --workspace-gib")
+
+
+def build_engines(bundle: str | os.PathLike, precisions: Sequence[str], opts: BuildOptions = BuildOptions(), *,
+                  on_event: Callable[[BuildEvent], None] | None = None) -> list[EngineResult]:
+    """``ensure_engine`` for each precision, probing the device once."""
+    if not precisions:
+        raise ExportError("no precision chosen; pass --fp32, --fp16 and/or --int8")
+    device = probe_device(opts.env, bundle)
+    if on_event:
+        on_event(BuildEvent("probe", "", f"TensorRT {device.trt_version} on {device.gpu_name} "
+                            f"(sm {device.compute_capability}, {device.free_bytes >> 20} MiB free)"))
+    return [ensure_engine(bundle, p, opts, device=device, on_event=on_event) for p in precisions]
+
+
+# --------------------------------------------------------------------------- inside the child
+
+def _check(result, what: str):
+    """Unpack a cuda-python ``(err, *values)`` tuple; an error becomes BackendUnavailable."""
+    err, *values = result
+    if int(getattr(err, "value", err)) != 0:
+        raise BackendUnavailable(f"CUDA {what} failed: {getattr(err, 'name', err)}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _routes(trt, bundle: str | None) -> dict[str, str]:
+    from alexnet_deploy.export.tensorrt import PRECISIONS, choose_route
+
+    if not bundle:
+        return {}
+    manifest, routes = read_manifest(bundle), {}
+    for precision in PRECISIONS:
+        try:
+            routes[precision] = choose_route(trt, manifest, precision).onnx_file
+        except ExportError:   # that precision cannot be built; engine_key reports it if asked for
+            continue
+    return routes
+
+
+def _probe_in_child(bundle: str | None = None) -> DeviceInfo:
+    from alexnet_deploy.export.tensorrt import gpu_info, import_cudart, import_tensorrt
+
+    trt = import_tensorrt()
+    gpu = gpu_info()
+    cudart = import_cudart()
+    free, total = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+    integrated = bool(getattr(_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties"), "integrated", 0))
+    if integrated:   # Jetson: cudaMemGetInfo ignores reclaimable page cache; MemAvailable does not
+        free = max(int(free), _mem_available())
+    return DeviceInfo(trt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+                      free_bytes=int(free), total_bytes=int(total), integrated=integrated,
+                      routes=_routes(trt, bundle))
+
+
+def _emit(**event) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def _child_build(args) -> dict:
+    from alexnet_deploy.export.tensorrt import build_engine
+
+    _emit(event="progress", message=f"building {args.precision} (workspace {args.workspace_bytes >> 20} MiB, "
+                                    f"opt level {args.opt_level})")
+    info = build_engine(Path(args.bundle), args.precision, max_batch=args.max_batch,
+                        workspace_gib=args.workspace_bytes / (1 << 30), dla_core=args.dla_core,
+                        version_compatible=args.version_compatible, opt_level=args.opt_level,
+                        opt_batch=args.opt_batch)
+    return {"plan": info.file, "sidecar": info.sidecar, "build_seconds": info.build_seconds}
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the child process: `probe` or `build`; prints JSON lines, last one the result."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m alexnet_deploy.deploy.engines")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("probe").add_argument("--bundle", default=None)
+    build = sub.add_parser("build")
+    build.add_argument("bundle")
+    build.add_argument("--precision", required=True)
+    build.add_argument("--max-batch", type=int, required=True)
+    build.add_argument("--opt-batch", type=int, required=True)
+    build.add_argument("--workspace-bytes", type=int, required=True)
+    build.add_argument("--opt-level", type=int, default=3)
+    build.add_argument("--dla-core", type=int, default=None)
+    build.add_argument("--version-compatible", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "probe":
+            _emit(event="result", ok=True, device=asdict(_probe_in_child(args.bundle)))
+        else:
+            _emit(event="result", ok=True, **_child_build(args))
+        return 0
+    except BackendUnavailable as exc:
+        _emit(event="result", ok=False, error=str(exc))
+        return UNAVAILABLE_EXIT_CODE
+    except MemoryError as exc:
+        _emit(event="result", ok=False, error=f"MemoryError: {exc}")
+        return OOM_EXIT_CODE
+    except Exception as exc:  # noqa: BLE001 - everything must reach the parent as one message
+        message = str(exc) if isinstance(exc, AlexNetDeployError) else f"{exc.__class__.__name__}: {exc}"
+        _emit(event="result", ok=False, error=message)
+        return OOM_EXIT_CODE if is_oom(1, message) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

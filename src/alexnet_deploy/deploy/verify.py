@@ -1,0 +1,347 @@
+"""Self-verification on the device: is this bundle intact, and does it compute what torch computed?
+
+``verify_bundle`` runs, in order, and reports every check as a row (pass / fail / skip):
+
+1. the manifest: JSON, schema version, artifact kinds and paths that stay inside the bundle;
+2. every artifact's sha256 (a corrupted or replaced file is named);
+3. the manifest against the fp32 ONNX model itself (covered by its sha256): input/output names
+   and shapes, and the class list and preprocessing the exporter stored in the model's metadata,
+   so an edited manifest (reordered classes, changed mean/std) is caught;
+4. the golden raw images, when ``reference.npz`` keeps them, re-preprocessed with the manifest's
+   PreprocessSpec and compared with the stored inputs (catches preprocessing drift);
+5. the golden vectors through each chosen backend and precision: top-1 agreement and cosine
+   similarity against the stored torch logits, against per-precision thresholds.
+
+Nothing is unpickled: ``reference.npz`` is read with ``allow_pickle=False``. No torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.compare import compare_logits
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, resize_and_crop, to_chw_float
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference.npz"
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+# Raw golden images in reference.npz, if the exporter kept them (uint8 HWC RGB, one per input row).
+RAW_KEYS = ("raw_crops", "images")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Minimum top-1 agreement and mean cosine similarity with the torch logits."""
+
+    min_agreement: float
+    min_cosine: float
+
+
+# fp32 on TensorRT uses TF32 by default on Ampere/Orin, hence not 1e-6-tight; fp16 and int8 are
+# judged on decisions first (agreement) and on the logits' direction second (cosine).
+THRESHOLDS: dict[str, Threshold] = {
+    "fp32": Threshold(min_agreement=0.99, min_cosine=0.9999),
+    "fp16": Threshold(min_agreement=0.95, min_cosine=0.999),
+    "int8": Threshold(min_agreement=0.85, min_cosine=0.98),
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the verify table."""
+
+    check: str          # manifest | sha256 | model metadata | preprocessing | golden
+    target: str         # file, or "backend precision"
+    status: str         # pass | fail | skip
+    detail: str
+    agreement: float | None = None
+    cosine: float | None = None
+    max_abs_diff: float | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """All checks; ``ok`` when none failed and at least one backend ran the golden vectors
+    (skips alone do not make a verified bundle)."""
+
+    bundle: Path
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        golden = [c for c in self.checks if c.check == "golden"]
+        return all(c.status != FAIL for c in self.checks) and any(c.status == PASS for c in golden)
+
+
+# --------------------------------------------------------------------------- the numbers
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity in float64 (1.0 for two all-zero rows)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 1.0, 0.0))
+
+
+def judge_logits(reference: np.ndarray, logits: np.ndarray, threshold: Threshold, target: str) -> Check:
+    """Compare a backend's logits with the torch reference; pass when both thresholds hold."""
+    acc = compare_logits(logits, reference=reference)
+    cos = cosine_rows(reference, logits)
+    mean_cos, min_cos = float(cos.mean()), float(cos.min())
+    ok = acc.agreement >= threshold.min_agreement and mean_cos >= threshold.min_cosine
+    detail = (f"{len(logits)} images; needs agreement >= {threshold.min_agreement:.0%}, mean cosine >= "
+              f"{threshold.min_cosine}; worst cosine {min_cos:.6f}")
+    return Check("golden", target, PASS if ok else FAIL, detail, acc.agreement, mean_cos, acc.max_abs_diff)
+
+
+# --------------------------------------------------------------------------- reference.npz
+
+@dataclass(frozen=True)
+class Reference:
+    """The golden vectors: preprocessed inputs, torch logits, optional raw images."""
+
+    inputs: np.ndarray
+    logits: np.ndarray
+    raw: tuple[str, np.ndarray] | None = None   # (key, uint8 NHWC)
+
+
+def load_reference(bundle: str | os.PathLike, manifest: Manifest) -> Reference:
+    """Read ``reference.npz`` (pickle refused) and check its shapes against the manifest."""
+    artifact = next((a for a in manifest.artifacts if a.kind == "npz" and Path(a.file).name == REFERENCE_FILE), None)
+    if artifact is None:
+        raise BundleError(f"{bundle}: the manifest lists no {REFERENCE_FILE}; re-export the bundle to get golden vectors")
+    path = verify_artifact(bundle, artifact)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{artifact.file}: not a readable npz without pickle ({exc})") from exc
+    for key in ("inputs", "logits"):
+        if key not in arrays:
+            raise BundleError(f"{artifact.file}: no {key!r} array (found {sorted(arrays)})")
+    inputs, logits = arrays["inputs"].astype(np.float32), arrays["logits"].astype(np.float32)
+    expected = tuple(manifest.input.shape[1:])
+    if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
+        raise BundleError(f"{artifact.file}: inputs have shape {inputs.shape}, the manifest input is (N, {expected})")
+    if logits.shape != (len(inputs), len(manifest.classes)):
+        raise BundleError(f"{artifact.file}: logits have shape {logits.shape}, expected "
+                          f"({len(inputs)}, {len(manifest.classes)}) from the manifest's classes")
+    raw = next(((k, arrays[k]) for k in RAW_KEYS if k in arrays), None)
+    return Reference(inputs, logits, raw)
+
+
+def check_raw_preprocessing(reference: Reference, spec: PreprocessSpec) -> Check:
+    """Re-run the manifest's preprocessing on the stored raw images; they must give the stored inputs.
+
+    ``raw_crops`` (uint8 N x crop x crop x 3, already resized and cropped) checks mean/std;
+    ``images`` (uint8 originals of one size) checks resize, crop, mean and std."""
+    if reference.raw is None:
+        return Check("preprocessing", REFERENCE_FILE, SKIP, "reference.npz keeps no raw images; the model-metadata "
+                     "check covers the preprocessing parameters")
+    from PIL import Image
+
+    key, raw = reference.raw
+    if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[-1] != 3 or len(raw) != len(reference.inputs):
+        return Check("preprocessing", REFERENCE_FILE, FAIL, f"{key} has shape {raw.shape} {raw.dtype}; "
+                     f"expected ({len(reference.inputs)}, H, W, 3) uint8")
+    if key == "raw_crops":
+        redone = np.stack([to_chw_float(Image.fromarray(img), spec) for img in raw])
+    else:
+        redone = np.stack([to_chw_float(resize_and_crop(Image.fromarray(img), spec), spec) for img in raw])
+    if redone.shape != reference.inputs.shape:
+        return Check("preprocessing", REFERENCE_FILE, FAIL, f"manifest preprocessing gives shape {redone.shape}, "
+                     f"the golden inputs are {reference.inputs.shape}")
+    diff = float(np.max(np.abs(redone - reference.inputs)))
+    ok = diff <= 1e-4
+    return Check("preprocessing", REFERENCE_FILE, PASS if ok else FAIL,
+                 f"manifest preprocessing reproduces the golden inputs from {key} (max diff {diff:.1e})" if ok else
+                 f"manifest preprocessing gives different inputs than at export (max diff {diff:.3g}); the "
+                 "manifest's resize/crop/mean/std was changed or does not match the model")
+
+
+# --------------------------------------------------------------------------- manifest vs model
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What an ONNX file says about itself: I/O names and shapes (batch dim dropped), metadata_props."""
+
+    input_name: str
+    input_shape: tuple
+    output_name: str
+    output_shape: tuple
+    metadata: dict[str, str]
+
+
+def read_model_facts(path: Path) -> ModelFacts:
+    """Read I/O and metadata with ONNX Runtime (no graph optimization), else the onnx package."""
+    try:
+        from alexnet_deploy.deploy.onnxrt import import_ort
+
+        ort = import_ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        i, o = session.get_inputs()[0], session.get_outputs()[0]
+        return ModelFacts(i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:]),
+                          dict(session.get_modelmeta().custom_metadata_map))
+    except BackendUnavailable:
+        pass
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailable("neither onnxruntime nor onnx is installed to read the model's metadata") from exc
+    model = onnx.load(str(path))
+
+    def dims(value) -> tuple:
+        return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim)
+
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(v for v in model.graph.input if v.name not in inits)
+    out = model.graph.output[0]
+    return ModelFacts(inp.name, dims(inp)[1:], out.name, dims(out)[1:], {p.key: p.value for p in model.metadata_props})
+
+
+def manifest_mismatches(manifest: Manifest, facts: ModelFacts) -> list[str]:
+    """Where the manifest disagrees with the model it lists (empty = consistent)."""
+    problems = []
+    for which, spec, name, shape in (("input", manifest.input, facts.input_name, facts.input_shape),
+                                     ("output", manifest.output, facts.output_name, facts.output_shape)):
+        if spec.name != name:
+            problems.append(f"{which} name {spec.name!r} but the model's is {name!r}")
+        if tuple(spec.shape[1:]) != tuple(shape):
+            problems.append(f"{which} shape {list(spec.shape[1:])} but the model's is {list(shape)}")
+    if "classes" in facts.metadata and json.loads(facts.metadata["classes"]) != list(manifest.classes):
+        problems.append("classes differ from the ones stored in the model (renamed or reordered labels)")
+    if "preprocess" in facts.metadata:
+        stored = PreprocessSpec.from_dict(json.loads(facts.metadata["preprocess"]))
+        if stored != manifest.preprocess:
+            changed = [k for k, v in stored.to_dict().items() if manifest.preprocess.to_dict()[k] != v]
+            problems.append(f"preprocess {', '.join(changed)} differ from the model's "
+                            f"({', '.join(f'{k}={stored.to_dict()[k]}' for k in changed)})")
+    return problems
+
+
+def check_model_metadata(bundle: Path, manifest: Manifest) -> Check:
+    """The manifest against the fp32 ONNX it lists (the model file is covered by its sha256)."""
+    artifact = manifest.artifact("fp32", "onnx") or next((a for a in manifest.artifacts if a.kind == "onnx"), None)
+    if artifact is None:
+        return Check("model metadata", "-", SKIP, "no ONNX model in the bundle")
+    try:
+        facts = read_model_facts(bundle / artifact.file)
+        problems = manifest_mismatches(manifest, facts)
+    except BackendUnavailable as exc:
+        return Check("model metadata", artifact.file, SKIP, str(exc))
+    except (AlexNetDeployError, ValueError, KeyError, TypeError) as exc:
+        return Check("model metadata", artifact.file, FAIL, f"cannot compare with the manifest: {exc}")
+    if problems:
+        return Check("model metadata", artifact.file, FAIL, "manifest.json was edited: " + "; ".join(problems))
+    missing = [k for k in ("classes", "preprocess") if k not in facts.metadata]
+    detail = "I/O names and shapes" + ("" if missing else ", classes and preprocessing") + " match the manifest"
+    return Check("model metadata", artifact.file, PASS, detail + (f" (model stores no {missing})" if missing else ""))
+
+
+# --------------------------------------------------------------------------- golden vectors
+
+def run_golden(bundle: Path, reference: Reference, backend: str, precision: str, *, explicit: bool,
+               thresholds: dict[str, Threshold]) -> Check:
+    """The golden inputs through one backend/precision, judged against the torch logits."""
+    from alexnet_deploy.deploy.backend import load
+
+    target = f"{backend} {precision}"
+    try:
+        model = load(bundle, backend=backend, precision=precision)
+    except BackendUnavailable as exc:
+        # Asked for by name: not being able to run it is a failure. Picked by default: a skip.
+        return Check("golden", target, FAIL if explicit else SKIP, f"unavailable: {exc}")
+    except AlexNetDeployError as exc:   # e.g. the artifact's sha256 does not match
+        return Check("golden", target, FAIL, str(exc))
+    with model:
+        target = f"{model.name} {precision}"
+        try:
+            logits = model.infer_all(reference.inputs)
+        except AlexNetDeployError as exc:
+            return Check("golden", target, FAIL, str(exc))
+    check = judge_logits(reference.logits, logits, thresholds[precision], target)
+    return dataclasses.replace(check, detail=f"{model.provider}; {check.detail}")
+
+
+def _default_precisions(manifest: Manifest) -> list[str]:
+    have = {a.precision for a in manifest.artifacts if a.kind in ("onnx", "trt-plan")}
+    return [p for p in ("fp32", "fp16", "int8") if p in have]
+
+
+# --------------------------------------------------------------------------- the whole check
+
+def _artifact_checks(bundle: Path, manifest: Manifest) -> list[Check]:
+    checks = []
+    for artifact in manifest.artifacts:
+        try:
+            verify_artifact(bundle, artifact)
+            checks.append(Check("sha256", artifact.file, PASS, f"{artifact.kind} {artifact.precision}, "
+                                f"{artifact.bytes / 1e6:.1f} MB, {artifact.sha256[:12]}…"))
+        except BundleError as exc:
+            checks.append(Check("sha256", artifact.file, FAIL, str(exc)))
+    return checks
+
+
+def _open(source: Path) -> tuple[Path | None, Check | None]:
+    from alexnet_deploy.deploy.pack import is_archive, open_bundle
+
+    if not is_archive(source):
+        return source, None
+    try:
+        return open_bundle(source), Check("archive", source.name, PASS, "extracted safely and checked")
+    except BundleError as exc:
+        return None, Check("archive", source.name, FAIL, str(exc))
+
+
+def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",),
+                  precisions: Sequence[str] | None = None, *, thresholds: dict[str, Threshold] | None = None,
+                  on_check: Callable[[Check], None] | None = None) -> VerifyReport:
+    """Check a bundle directory or packed archive; every check becomes a row (see module docstring)."""
+    thresholds = {**THRESHOLDS, **(thresholds or {})}
+    checks: list[Check] = []
+
+    def add(check: Check) -> None:
+        checks.append(check)
+        (on_check or (lambda c: log.info("%s %s: %s", c.check, c.status, c.detail)))(check)
+
+    bundle, opened = _open(Path(source))
+    if opened:
+        add(opened)
+    if bundle is None:
+        return VerifyReport(Path(source), tuple(checks))
+    try:
+        manifest = read_manifest(bundle)
+    except (BundleError, AlexNetDeployError) as exc:
+        add(Check("manifest", "manifest.json", FAIL, str(exc)))
+        return VerifyReport(bundle, tuple(checks))
+    add(Check("manifest", "manifest.json", PASS, f"schema {manifest.schema}, {len(manifest.classes)} classes, "
+              f"{len(manifest.artifacts)} artifacts, paths inside the bundle"))
+    for check in _artifact_checks(bundle, manifest):
+        add(check)
+    add(check_model_metadata(bundle, manifest))
+    try:
+        reference = load_reference(bundle, manifest)
+    except BundleError as exc:
+        add(Check("golden", REFERENCE_FILE, FAIL, str(exc)))
+        return VerifyReport(bundle, tuple(checks))
+    add(check_raw_preprocessing(reference, manifest.preprocess))
+    for backend in backends:
+        for precision in precisions or _default_precisions(manifest):
+            if precision not in thresholds:
+                raise AlexNetDeployError(f"--precision {precision!r}: expected one of {sorted(thresholds)}")
+            add(run_golden(bundle, reference, backend, precision, thresholds=thresholds,
+                           explicit=backend != "auto" and precisions is not None))
+    return VerifyReport(bundle, tuple(checks))

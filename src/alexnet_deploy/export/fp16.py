@@ -1,0 +1,133 @@
+"""fp32 ONNX -> fp16 ONNX with fp32 inputs/outputs and an overflow guard (no torch).
+
+fp16 holds values up to 65504. Before converting, the fp32 model runs on the verification images
+with every intermediate tensor exposed; a node that reads or writes a tensor beyond ``margin *
+65504`` stays in fp32 (a value that overflows in fp16 becomes inf, and inf turns into NaN a layer
+later). LRN also squares its input inside the op, so an LRN whose ``size * max|x|^2`` exceeds the
+limit is kept in fp32 too. The converted model is then checked against fp32 on ONNX Runtime's CPU
+provider; a miss beyond the fp16 tolerance fails the export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_deploy.deploy.files import atomic_path
+from alexnet_deploy.errors import ExportError, MissingDependency
+from alexnet_deploy.export import parity
+
+log = logging.getLogger(__name__)
+
+FP16_MAX = 65504.0
+DEFAULT_MARGIN = 0.5  # keep a 2x headroom: verification images are a sample, not every input
+CONVERTER = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A node kept in fp32 by the guard, and why."""
+
+    node: str
+    op_type: str
+    max_abs: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Fp16Result:
+    """The written fp16 model, the nodes the guard kept in fp32, and parity against fp32."""
+
+    path: Path
+    kept_fp32: tuple[Overflow, ...]
+    parity: parity.Parity
+    margin: float
+
+
+def activation_ranges(model, inputs: np.ndarray, batch: int = 8) -> dict[str, float]:
+    """max |x| of every float tensor the graph computes (and of its input), over ``inputs``."""
+    import onnx
+
+    from alexnet_deploy.deploy.onnxrt import cpu_session
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.output]}
+    present = {o.name for o in graph.output}
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in present and types.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT:
+                graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                present.add(name)
+    session = cpu_session(inferred.SerializeToString())
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    ranges = {input_name: float(np.abs(inputs).max()) if inputs.size else 0.0}
+    for i in range(0, len(inputs), batch):
+        outputs = session.run(names, {input_name: np.ascontiguousarray(inputs[i:i + batch], np.float32)})
+        for name, value in zip(names, outputs):
+            peak = float(np.abs(value).max()) if value.size else 0.0
+            ranges[name] = max(ranges.get(name, 0.0), peak if np.isfinite(peak) else np.inf)
+    return ranges
+
+
+def find_overflows(model, ranges: dict[str, float], limit: float) -> list[Overflow]:
+    """Nodes whose inputs or outputs exceed ``limit`` (LRN: also its internal sum of squares)."""
+    found = []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        peaks = [ranges[t] for t in [*node.input, *node.output] if t in ranges]
+        peak = max(peaks, default=0.0)
+        if peak > limit:
+            found.append(Overflow(name, node.op_type, peak, f"activation |x| up to {peak:.4g} > {limit:.4g}"))
+        elif node.op_type == "LRN" and node.input[0] in ranges:
+            size = next((a.i for a in node.attribute if a.name == "size"), 1)
+            squares = size * ranges[node.input[0]] ** 2
+            if squares > limit:
+                found.append(Overflow(name, node.op_type, squares,
+                                      f"sum of squares up to {squares:.4g} > {limit:.4g}"))
+    return found
+
+
+def _name_nodes(model) -> None:
+    # The converter's block list matches node names, so every node needs one.
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+
+
+def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: np.ndarray,
+            fp32_logits: np.ndarray, *, margin: float = DEFAULT_MARGIN,
+            tol: parity.Tolerance = parity.FP16) -> Fp16Result:
+    """Write the fp16 model of ``fp32_path`` to ``out_path`` and check it against ``fp32_logits``."""
+    import onnx
+
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:
+        raise MissingDependency("fp16 export needs onnxruntime (with its transformers tools): "
+                                "pip install 'alexnet-deploy[ort]'") from exc
+    model = onnx.load(str(fp32_path))
+    _name_nodes(model)
+    limit = FP16_MAX * margin
+    kept = find_overflows(model, activation_ranges(model, inputs), limit)
+    for item in kept:
+        log.warning("fp16: keeping node %s (%s) in fp32: %s", item.node, item.op_type, item.reason)
+    fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=[k.node for k in kept])
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(fp16, str(tmp))
+        from alexnet_deploy.export.onnx import ort_logits
+
+        result = parity.require(fp32_logits, ort_logits(tmp, inputs), tol, f"fp16 ONNX vs fp32 ONNX ({fp32_path})")
+    return Fp16Result(path=Path(out_path), kept_fp32=tuple(kept), parity=result, margin=margin)
+
+
+__all__ = ["FP16_MAX", "DEFAULT_MARGIN", "CONVERTER", "Overflow", "Fp16Result", "activation_ranges",
+           "find_overflows", "convert"]

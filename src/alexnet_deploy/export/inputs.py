@@ -1,0 +1,88 @@
+"""Verification inputs for export checks: real images when given, generated ones otherwise (numpy only)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, is_image_file, list_class_folder, preprocess
+from alexnet_deploy.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerificationSet:
+    """Preprocessed float32 NCHW ``inputs``; ``labels`` (int64, indices into the model's classes)
+    when the folder's class names match the model's, else None; ``source`` says where they came from."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    files: tuple[str, ...]
+    source: str
+    folder: str | None = None
+
+
+def _spread(samples: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
+    """Up to ``count`` samples taken round-robin over classes, so every class is represented."""
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    picked, depth = [], 0
+    while len(picked) < count and any(depth < len(v) for v in by_class.values()):
+        picked.extend(v[depth] for _, v in sorted(by_class.items()) if depth < len(v))
+        depth += 1
+    return picked[:count]
+
+
+def _label_map(folder_classes: Sequence[str], model_classes: Sequence[str]) -> dict[int, int] | None:
+    index = {name: i for i, name in enumerate(model_classes)}
+    if not set(folder_classes) <= set(index):
+        return None
+    return {i: index[name] for i, name in enumerate(folder_classes)}
+
+
+def from_folder(folder: str | os.PathLike, spec: PreprocessSpec, model_classes: Sequence[str],
+                count: int, source: str) -> VerificationSet:
+    """Up to ``count`` images from a class folder (``<class>/<images>``) or a flat folder of images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory; --verify-data expects an image folder")
+    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    if has_classes:
+        folder_classes, samples = list_class_folder(folder)
+        picked = _spread(samples, count)
+        mapping = _label_map(folder_classes, model_classes)
+        if mapping is None:
+            log.warning("%s: class folders %s do not match the model's classes; parity is checked "
+                        "without labels", folder, folder_classes[:5])
+        labels = None if mapping is None else np.array([mapping[i] for _, i in picked], dtype=np.int64)
+    else:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        if not files:
+            raise DataError(f"{folder}: no images found (expected <class>/<image> folders or image files)")
+        picked, labels = [(p, -1) for p in files[:count]], None
+    inputs = preprocess([p for p, _ in picked], spec)
+    names = tuple(str(p.relative_to(folder)) for p, _ in picked)
+    return VerificationSet(inputs=inputs, labels=labels, files=names, source=source, folder=str(folder.resolve()))
+
+
+def generated(spec: PreprocessSpec, count: int, seed: int = 0) -> VerificationSet:
+    """Smooth random RGB images (not noise: blurred blobs look more like photos to a conv net)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        images.append(Image.fromarray(small).resize((spec.resize, spec.resize), Image.Resampling.BICUBIC))
+    inputs = preprocess(images, spec)
+    return VerificationSet(inputs=inputs, labels=None, files=tuple(f"generated_{i:03d}" for i in range(count)),
+                           source="generated")
+
+
+__all__ = ["VerificationSet", "from_folder", "generated"]

@@ -1,0 +1,181 @@
+"""Rewrite ONNX ``LRN`` nodes into a form every runtime executes quickly, with the same numbers.
+
+AlexNet-2012's local response normalisation is the CPU hot spot: ONNX Runtime's ``LRN`` kernel and
+the exporter's Pad/AveragePool/Pow decomposition are both slow (DESIGN §5). This module replaces
+each ``LRN`` node of an exported graph by plain ops that every backend has fast kernels for::
+
+    d = bias + alpha/size * sum_{c' in window(c)} x[c']^2     (x*x, then a fixed banded 1x1 Conv)
+    y = x * d^-beta                                             (beta = 0.75: sqrt chain, see below)
+
+The cross-channel window follows the ONNX definition (``c - floor((size-1)/2) .. c +
+ceil((size-1)/2)``, zero outside), which for odd sizes is PyTorch's ``nn.LocalResponseNorm``.
+``d^-0.75`` is computed as ``x / (sqrt(d) * sqrt(sqrt(d)))``: two vectorised square roots instead of
+``Pow``, which ONNX Runtime evaluates with scalar ``std::pow``.
+
+It works on the graph, not on the torch module, so it needs no torch (it runs on fp32 exports, on
+the fp16 artifact and on a Q/DQ int8 model alike); export/onnx.py calls it after exporting native
+``LRN`` nodes (export/torch_lrn.py) when the formulation is "conv". Every node and initializer it creates is named ``lrn_conv/<n>/...`` (see
+:func:`rewritten_node_names`), so the INT8 quantizer can keep them in float: the band weights are
+``alpha/size`` (2e-5) beside a bias of 2, far below int8 resolution. In an fp16 graph the new nodes
+compute in fp32 between two ``Cast`` nodes, because ``x*x`` overflows fp16 for activations > 256.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from alexnet_deploy.errors import ExportError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+#: Prefix of every node, tensor and initializer the rewrite adds.
+PREFIX = "lrn_conv/"
+
+#: Graph-level LRN formulations: "native" keeps the ONNX LRN node; "conv" is the fast rewrite;
+#: "conv-pow" is the same graph with one ``Pow`` for ``d^-beta`` (kept to measure against).
+FORMULATIONS = ("native", "conv", "conv-pow")
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingDependency("onnx is not installed: pip install 'alexnet-deploy[ort]'") from exc
+    return onnx
+
+
+def rewrite_lrn(model, formulation: str = "conv"):
+    """Return a copy of ``model`` (an ``onnx.ModelProto``) whose ``LRN`` nodes use ``formulation``.
+
+    "native" returns an unchanged copy. Raises ExportError when the formulation is unknown or the
+    channel count of an LRN input cannot be inferred (the banded convolution needs it).
+    """
+    onnx = _import_onnx()
+    if formulation not in FORMULATIONS:
+        raise ExportError(f"unknown LRN formulation {formulation!r}; expected one of {list(FORMULATIONS)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if formulation == "native" or not any(_is_lrn(node) for node in model.graph.node):
+        return out
+    tensor_types = _tensor_types(onnx, model)
+    nodes, count = [], 0
+    for node in out.graph.node:
+        if not _is_lrn(node):
+            nodes.append(node)
+            continue
+        new_nodes, inits = _expand(onnx, node, tensor_types, f"{PREFIX}{count}/", formulation)
+        nodes.extend(new_nodes)
+        out.graph.initializer.extend(inits)
+        count += 1
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    log.info("rewrote %d LRN node(s) as %s", count, formulation)
+    return out
+
+
+def rewritten_node_names(model) -> list[str]:
+    """Names of the nodes :func:`rewrite_lrn` added; pass them to the quantizer's ``nodes_to_exclude``."""
+    return [node.name for node in model.graph.node if node.name.startswith(PREFIX)]
+
+
+def lrn_formulation(model) -> str:
+    """"native" if ``model`` has LRN nodes, "conv"/"conv-pow" if rewritten, "none" if it has neither."""
+    if any(_is_lrn(node) for node in model.graph.node):
+        return "native"
+    names = rewritten_node_names(model)
+    if not names:
+        return "none"
+    return "conv-pow" if any(name.endswith("/pow") for name in names) else "conv"
+
+
+def band_weights(channels: int, size: int, alpha: float) -> np.ndarray:
+    """The (C, C, 1, 1) float32 weight of the 1x1 conv that computes ``alpha/size * window sum``."""
+    below, above = (size - 1) // 2, size - 1 - (size - 1) // 2  # ONNX: floor before, ceil after
+    index = np.arange(channels)
+    offset = index[None, :] - index[:, None]  # [out, in] -> in - out
+    band = ((offset >= -below) & (offset <= above)).astype(np.float32)
+    return (band * np.float32(alpha / size)).reshape(channels, channels, 1, 1)
+
+
+def _is_lrn(node) -> bool:
+    return node.op_type == "LRN" and node.domain in ("", "ai.onnx")
+
+
+def _tensor_types(onnx, model) -> dict[str, tuple[int, list]]:
+    """name -> (element type, dims) for every tensor shape inference can type."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # onnx raises several unrelated types here; all mean "cannot infer"
+        raise ExportError(f"ONNX shape inference failed before the LRN rewrite: {exc}") from exc
+    graph = inferred.graph
+    types = {}
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+        types[info.name] = (tensor.elem_type, dims)
+    return types
+
+
+def _channels(node, tensor_types) -> tuple[int, int]:
+    """(element type, channel count) of the LRN input, or ExportError naming the node."""
+    elem, dims = tensor_types.get(node.input[0], (0, []))
+    if len(dims) < 2 or not isinstance(dims[1], int) or dims[1] <= 0:
+        raise ExportError(f"LRN node {node.name or node.output[0]!r}: cannot infer the channel count of its input "
+                          f"{node.input[0]!r} (shape {dims}); export with a static channel dimension")
+    return elem, dims[1]
+
+
+def _attrs(onnx, node) -> tuple[int, float, float, float]:
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if "size" not in values:
+        raise ExportError(f"LRN node {node.name or node.output[0]!r} has no 'size' attribute")
+    # Defaults are the ONNX spec's.
+    return (int(values["size"]), float(values.get("alpha", 1e-4)), float(values.get("beta", 0.75)),
+            float(values.get("bias", 1.0)))
+
+
+def _expand(onnx, node, tensor_types, prefix: str, formulation: str):
+    """The replacement nodes and initializers for one LRN node."""
+    helper, TP = onnx.helper, onnx.TensorProto
+    size, alpha, beta, bias = _attrs(onnx, node)
+    elem, channels = _channels(node, tensor_types)
+    if elem not in (TP.FLOAT, TP.FLOAT16):
+        raise ExportError(f"LRN node {node.name or node.output[0]!r}: input type "
+                          f"{TP.DataType.Name(elem)} is not float or float16")
+    inits = [onnx.numpy_helper.from_array(band_weights(channels, size, alpha), prefix + "band_weight"),
+             onnx.numpy_helper.from_array(np.full(channels, bias, np.float32), prefix + "band_bias")]
+    x, nodes = node.input[0], []
+    if elem == TP.FLOAT16:  # compute in fp32: x*x overflows fp16 above 256
+        nodes.append(helper.make_node("Cast", [x], [prefix + "x32"], name=prefix + "cast_in", to=TP.FLOAT))
+        x = prefix + "x32"
+    nodes.append(helper.make_node("Mul", [x, x], [prefix + "sq"], name=prefix + "square"))
+    nodes.append(helper.make_node("Conv", [prefix + "sq", prefix + "band_weight", prefix + "band_bias"],
+                                  [prefix + "d"], name=prefix + "band_sum", kernel_shape=[1, 1]))
+    result = node.output[0] if elem == TP.FLOAT else prefix + "y32"
+    power_nodes, power_inits = _scale_by_power(onnx, x, prefix + "d", result, beta, prefix, formulation)
+    nodes += power_nodes
+    inits += power_inits
+    if elem == TP.FLOAT16:
+        nodes.append(helper.make_node("Cast", [result], [node.output[0]], name=prefix + "cast_out", to=TP.FLOAT16))
+    return nodes, inits
+
+
+def _scale_by_power(onnx, x: str, d: str, out: str, beta: float, prefix: str, formulation: str):
+    """Nodes computing ``out = x * d^-beta`` with the cheapest exact ops for common betas."""
+    make = onnx.helper.make_node
+    if formulation == "conv-pow" or beta not in (0.5, 0.75, 1.0):
+        exponent = onnx.numpy_helper.from_array(np.array(-beta, np.float32), prefix + "neg_beta")
+        return [make("Pow", [d, prefix + "neg_beta"], [prefix + "scale"], name=prefix + "pow"),
+                make("Mul", [x, prefix + "scale"], [out], name=prefix + "apply")], [exponent]
+    if beta == 1.0:
+        return [make("Div", [x, d], [out], name=prefix + "apply")], []
+    nodes = [make("Sqrt", [d], [prefix + "sqrt"], name=prefix + "sqrt")]
+    denominator = prefix + "sqrt"
+    if beta == 0.75:  # d^0.75 = sqrt(d) * sqrt(sqrt(d))
+        nodes += [make("Sqrt", [prefix + "sqrt"], [prefix + "qrt"], name=prefix + "sqrt2"),
+                  make("Mul", [prefix + "sqrt", prefix + "qrt"], [prefix + "den"], name=prefix + "den")]
+        denominator = prefix + "den"
+    nodes.append(make("Div", [x, denominator], [out], name=prefix + "apply"))
+    return nodes, []

@@ -1,0 +1,439 @@
+"""Bundle ONNX -> TensorRT engine for the GPU this runs on. Never imports torch.
+
+One code path for TensorRT 8.6, 10.x and 11.x that branches on the version and on what the
+module has (reference/tensorrt.md §0, §7):
+
+- network flags: EXPLICIT_BATCH below 10 (the ONNX parser needs it; ignored in 10, removed in 11);
+  STRONGLY_TYPED on 10.x when the precision lives in the ONNX (fp16-typed or Q/DQ); nothing on
+  11.x, where every network is strongly typed;
+- precision: fp16 = the fp16-typed ONNX with strong typing where available, else (8.6, or 10.x
+  without model.fp16.onnx) the fp32 ONNX with BuilderFlag.FP16; int8 = the Q/DQ ONNX, strongly
+  typed on 10/11, with INT8 (+FP16) flags on 8.6. Precision flags are never combined with
+  STRONGLY_TYPED (they conflict on 10.12+ and do not exist on 11);
+- one optimization profile min 1 / opt / max batch (DLA: static, min = opt = max);
+- workspace limit, builder optimization level, a persisted and reused timing cache, optional DLA
+  core with GPU fallback, optional version-compatible plans.
+
+The engine is the raw serialized plan (trtexec --loadEngine reads it) plus a JSON sidecar with
+the TensorRT version, GPU, precision, profile, source ONNX sha256, flags and build time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text
+from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency
+
+log = logging.getLogger(__name__)
+
+ENGINE_DIR = "engines"
+SIDECAR_FORMAT = "alexnet-deploy-engine/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FOR = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+_TRT_HINT = ("TensorRT's Python bindings are not installed: on a Jetson use JetPack's python3-libnvinfer "
+             "(make the venv with --system-site-packages); on x86 pip install 'alexnet-deploy[tensorrt]'")
+_CUDA_HINT = "cuda-python is not installed: pip install 'alexnet-deploy[jetson]' (cuda-python)"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The CUDA device an engine is built for."""
+
+    name: str
+    compute_capability: str  # "8.7"
+    cuda_runtime: int | None = None
+    cuda_driver: int | None = None
+
+    @property
+    def sm(self) -> str:
+        return self.compute_capability.replace(".", "")
+
+
+@dataclass(frozen=True)
+class BuildRoute:
+    """How a precision is built on this TensorRT: which ONNX, strong typing or builder flags."""
+
+    precision: str
+    onnx_file: str
+    strongly_typed: bool
+    builder_flags: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A built engine: ``file`` and ``sidecar`` are relative to the bundle; ``meta`` is the sidecar."""
+
+    bundle: Path
+    file: str
+    sidecar: str
+    precision: str
+    trt_version: str
+    gpu: GpuInfo
+    route: BuildRoute
+    profile: dict[str, Any]
+    build_seconds: float
+    plan_bytes: int
+    plan_sha256: str
+    timing_cache: str | None
+    timing_cache_reused: bool
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.bundle / self.file
+
+
+def import_tensorrt():
+    """``import tensorrt``, or MissingDependency saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise MissingDependency(_TRT_HINT) from exc
+    return tensorrt
+
+
+def import_cudart():
+    """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6.1+/13.x) or ``cuda.cudart`` (older)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as exc:
+            raise MissingDependency(_CUDA_HINT) from exc
+    return cudart
+
+
+def _check(cudart, result, what: str):
+    """Unpack a cuda-python ``(err, *values)`` tuple; a non-success error raises BackendUnavailable."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = getattr(err, "name", str(err))
+        raise BackendUnavailable(f"CUDA {what} failed: {name} ({int(err)}); is an NVIDIA GPU and driver present?")
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_info(device: int = 0) -> GpuInfo:
+    """Name, compute capability and CUDA versions of ``device`` (BackendUnavailable without a GPU)."""
+    cudart = import_cudart()
+    count = _check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    if count <= device:
+        raise BackendUnavailable(f"no CUDA device {device}: {count} device(s) found")
+    props = _check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    runtime = cudart.cudaRuntimeGetVersion()
+    driver = cudart.cudaDriverGetVersion()
+    return GpuInfo(name=name.rstrip("\x00").strip(), compute_capability=f"{props.major}.{props.minor}",
+                   cuda_runtime=runtime[1] if runtime[0] == cudart.cudaError_t.cudaSuccess else None,
+                   cuda_driver=driver[1] if driver[0] == cudart.cudaError_t.cudaSuccess else None)
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(True, "TensorRT x on GPU") when engines can be built here, else (False, why not)."""
+    try:
+        trt = import_tensorrt()
+        gpu = gpu_info()
+    except (MissingDependency, BackendUnavailable) as exc:
+        return False, str(exc)
+    return True, f"TensorRT {trt.__version__} on {gpu.name} (sm{gpu.sm})"
+
+
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _has_flag(trt, name: str) -> bool:
+    return hasattr(trt.BuilderFlag, name)
+
+
+def _strong_typing_opt_in(trt) -> bool:
+    """True on 10.x, where STRONGLY_TYPED exists and must be asked for (11.x: always on, flag ignored)."""
+    return trt_major(trt) < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def choose_route(trt, manifest: Manifest, precision: str) -> BuildRoute:
+    """Which ONNX and which typing/flags build ``precision`` on this TensorRT."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
+    strong = _strong_typing_opt_in(trt) or trt_major(trt) >= 11
+    has = {p: manifest.artifact(p) is not None for p in PRECISIONS}
+    if precision == "fp32":
+        # An fp32 ONNX builds fp32 (+TF32, TensorRT's default) with or without strong typing.
+        return BuildRoute("fp32", ONNX_FOR["fp32"], trt_major(trt) >= 11, ())
+    if precision == "fp16":
+        if has["fp16"] and strong:
+            return BuildRoute("fp16", ONNX_FOR["fp16"], True, (), "fp16-typed ONNX, strongly typed")
+        if _has_flag(trt, "FP16"):
+            note = "fp32 ONNX + BuilderFlag.FP16 (weak typing: the fp16 overflow guard is not applied)"
+            return BuildRoute("fp16", ONNX_FOR["fp32"], False, ("FP16",), note)
+        raise ExportError(f"TensorRT {trt.__version__} builds fp16 only from an fp16-typed ONNX and the bundle "
+                          "has no model.fp16.onnx: re-export with `alexnet-deploy export ... --fp16`")
+    if not has["int8"]:
+        raise ExportError("the bundle has no model.int8.onnx: run `alexnet-deploy calibrate BUNDLE --calib DIR` "
+                          "(or export with --int8 --calib DIR) first")
+    if strong:
+        return BuildRoute("int8", ONNX_FOR["int8"], True, (), "Q/DQ ONNX, strongly typed")
+    # 8.6: explicit Q/DQ still needs the INT8 flag; FP16 lets the unquantized layers use fp16.
+    return BuildRoute("int8", ONNX_FOR["int8"], False, ("INT8", "FP16"), "Q/DQ ONNX + INT8/FP16 flags (8.x)")
+
+
+def network_flags(trt, route: BuildRoute) -> tuple[int, list[str]]:
+    """create_network() flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED as an opt-in on 10.x only."""
+    flags, names = 0, []
+    if trt_major(trt) < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        names.append("EXPLICIT_BATCH")
+    if route.strongly_typed and _strong_typing_opt_in(trt):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        names.append("STRONGLY_TYPED")
+    return flags, names
+
+
+def _node_names(onnx_path: Path) -> list[tuple[str, str]]:
+    """(name, op_type) per node, for 8.x parser errors that carry only a node index."""
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - best effort: the error still names the index
+        return []
+    return [(n.name, n.op_type) for n in model.graph.node]
+
+
+def _describe_error(error, nodes: list[tuple[str, str]]) -> str:
+    if hasattr(error, "node_name"):  # 10.0+
+        name, op = error.node_name(), error.node_operator()
+    else:
+        index = error.node()
+        name, op = nodes[index] if 0 <= index < len(nodes) else (f"#{index}", "?")
+    where = f"node {name!r} ({op})" if name else "graph"
+    return f"{where}: {error.desc()}"
+
+
+def parse_onnx(trt, parser, onnx_path: Path) -> None:
+    """parse_from_file (keeps the path for external weights); errors name the failing node."""
+    if parser.parse_from_file(str(onnx_path)):
+        return
+    nodes = [] if trt_major(trt) >= 10 else _node_names(onnx_path)
+    errors = [_describe_error(parser.get_error(i), nodes) for i in range(parser.num_errors)]
+    raise ExportError(f"{onnx_path.name}: TensorRT {trt.__version__}'s ONNX parser failed at "
+                      + "; ".join(errors or ["(no error reported)"]))
+
+
+def _builder(trt, logger):
+    try:
+        return trt.Builder(logger)
+    except TypeError as exc:  # pybind11 "factory function returned nullptr": CUDA failed to initialise
+        raise BackendUnavailable(f"TensorRT could not initialise CUDA ({exc}); is an NVIDIA GPU and driver "
+                                 "present?") from exc
+
+
+def make_profile(trt, builder, config, manifest: Manifest, max_batch: int, opt_batch: int,
+                 static: bool) -> dict[str, Any]:
+    """One optimization profile over the batch axis; static (min = opt = max) for DLA."""
+    name, (_, *chw) = manifest.input.name, manifest.input.shape
+    low = max_batch if static else 1
+    opt = max_batch if static else opt_batch
+    shapes = {"min": (low, *chw), "opt": (opt, *chw), "max": (max_batch, *chw)}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    return {"input": name, **{k: list(v) for k, v in shapes.items()}}
+
+
+def configure(trt, builder, config, route: BuildRoute, *, workspace_gib: float | None, opt_level: int,
+              dla_core: int | None, version_compatible: bool) -> dict[str, Any]:
+    """Set the builder config; returns what was set, for the sidecar."""
+    settings: dict[str, Any] = {"builder_flags": list(route.builder_flags)}
+    for name in route.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if workspace_gib is not None:
+        if workspace_gib <= 0:
+            raise ExportError(f"--workspace-gib must be positive, got {workspace_gib}")
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    settings["workspace_bytes"] = int(workspace_gib * (1 << 30)) if workspace_gib else None
+    if not 0 <= opt_level <= 5:
+        raise ExportError(f"builder optimization level must be 0..5, got {opt_level}")
+    if hasattr(config, "builder_optimization_level"):  # 8.6+
+        config.builder_optimization_level = opt_level
+        settings["opt_level"] = opt_level
+    else:
+        log.warning("TensorRT %s has no builder_optimization_level; ignoring %d", trt.__version__, opt_level)
+        settings["opt_level"] = None
+    if dla_core is not None:
+        settings.update(_use_dla(trt, builder, config, route, dla_core))
+        settings["builder_flags"].append("GPU_FALLBACK")
+    if version_compatible:
+        if not _has_flag(trt, "VERSION_COMPATIBLE"):
+            raise ExportError(f"version-compatible engines need TensorRT >= 8.6 (this is {trt.__version__})")
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        settings["builder_flags"].append("VERSION_COMPATIBLE")
+    settings["tf32"] = bool(config.get_flag(trt.BuilderFlag.TF32)) if hasattr(config, "get_flag") else None
+    return settings
+
+
+def _use_dla(trt, builder, config, route: BuildRoute, dla_core: int) -> dict[str, Any]:
+    if route.precision == "fp32":
+        raise ExportError("--dla-core: DLA runs fp16 and int8 networks only; build with --fp16 or --int8")
+    cores = int(getattr(builder, "num_DLA_cores", 0))
+    if not 0 <= dla_core < cores:
+        raise ExportError(f"--dla-core {dla_core}: this device has {cores} DLA core(s)"
+                          + ("" if cores else " (DLA exists on Xavier/Orin; not on this GPU or TensorRT)"))
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    return {"dla_core": dla_core, "gpu_fallback": True}
+
+
+def timing_cache_path(bundle: Path, trt_version: str, gpu: GpuInfo, timing_cache) -> Path | None:
+    """None/True -> engines/timing-trt<ver>-sm<cc>.cache in the bundle; False -> no cache; else the path."""
+    if timing_cache is False:
+        return None
+    if timing_cache is None or timing_cache is True:
+        return bundle / ENGINE_DIR / f"timing-trt{trt_version}-sm{gpu.sm}.cache"
+    return Path(timing_cache)
+
+
+def load_timing_cache(config, path: Path | None) -> bool:
+    """Attach the cache at ``path`` (empty if absent); True when an existing cache was reused."""
+    if path is None:
+        return False
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None:  # corrupted file: TensorRT returns no cache
+        log.warning("%s: timing cache is unreadable; starting a fresh one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        return False
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("%s: timing cache is from another TensorRT/GPU; starting a fresh one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        return False
+    return bool(blob)
+
+
+def save_timing_cache(config, path: Path | None) -> None:
+    if path is not None:
+        atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
+
+
+def engine_name(precision: str, gpu: GpuInfo, trt_version: str, dla_core: int | None, vc: bool) -> str:
+    """engines/<precision>-sm<cc>-trt<ver>[-dla<n>][-vc].plan"""
+    suffix = (f"-dla{dla_core}" if dla_core is not None else "") + ("-vc" if vc else "")
+    return f"{ENGINE_DIR}/{precision}-sm{gpu.sm}-trt{trt_version}{suffix}.plan"
+
+
+def _jetson_release() -> str | None:
+    try:
+        return Path("/etc/nv_tegra_release").read_text(encoding="utf-8", errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+
+
+def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: int | None = None,
+                 workspace_gib: float | None = None, dla_core: int | None = None,
+                 version_compatible: bool = False, opt_level: int = 3, timing_cache=None,
+                 opt_batch: int | None = None) -> EngineInfo:
+    """Build one engine of ``precision`` from the bundle's ONNX for GPU 0; write plan + sidecar.
+
+    ``max_batch`` defaults to the manifest's; the profile is min 1 / opt ``opt_batch`` (default
+    max_batch // 2) / max ``max_batch``. ``timing_cache``: None = a per-TensorRT/GPU cache file in
+    the bundle's engines/ folder, False = none, or a path. Does not touch the manifest (see
+    register_engine). Raises MissingDependency / BackendUnavailable without TensorRT or a GPU and
+    ExportError when parsing or building fails (parser errors name the node).
+    """
+    bundle = Path(bundle_dir)
+    manifest = read_manifest(bundle)
+    trt = import_tensorrt()
+    gpu = gpu_info()
+    route = choose_route(trt, manifest, precision)
+    onnx_path = verify_artifact(bundle, next(a for a in manifest.artifacts if a.file == route.onnx_file))
+    max_batch = int(max_batch or manifest.max_batch)
+    if max_batch < 1:
+        raise ExportError(f"--max-batch must be >= 1, got {max_batch}")
+    opt_batch = min(max_batch, int(opt_batch or max(1, max_batch // 2)))
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = _builder(trt, logger)
+    flags, flag_names = network_flags(trt, route)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    parse_onnx(trt, parser, onnx_path)
+    config = builder.create_builder_config()
+    settings = configure(trt, builder, config, route, workspace_gib=workspace_gib, opt_level=opt_level,
+                         dla_core=dla_core, version_compatible=version_compatible)
+    profile = make_profile(trt, builder, config, manifest, max_batch, opt_batch, static=dla_core is not None)
+    cache_path = timing_cache_path(bundle, str(trt.__version__), gpu, timing_cache)
+    reused = load_timing_cache(config, cache_path)
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if plan is None:
+        raise ExportError(f"TensorRT {trt.__version__} failed to build the {precision} engine from "
+                          f"{onnx_path.name} (see the TensorRT log above)")
+    save_timing_cache(config, cache_path)
+    data = bytes(memoryview(plan))
+    context = {"bundle": bundle, "trt": trt, "gpu": gpu, "route": route, "onnx_path": onnx_path,
+               "flag_names": flag_names, "settings": settings, "profile": profile, "seconds": seconds,
+               "cache_path": cache_path, "reused": reused, "dla_core": dla_core, "vc": version_compatible}
+    return _write_engine(data, context)
+
+
+def _write_engine(data: bytes, c: dict[str, Any]) -> EngineInfo:
+    bundle, gpu, route, trt_version = c["bundle"], c["gpu"], c["route"], str(c["trt"].__version__)
+    file = engine_name(route.precision, gpu, trt_version, c["dla_core"], c["vc"])
+    sidecar = file[: -len(".plan")] + ".json"
+    digest = hashlib.sha256(data).hexdigest()
+    cache = c["cache_path"]
+    meta = {
+        "format": SIDECAR_FORMAT, "plan": {"file": Path(file).name, "sha256": digest, "bytes": len(data)},
+        "tensorrt_version": trt_version, "gpu": asdict(gpu) | {"sm": gpu.sm}, "jetson_l4t": _jetson_release(),
+        "precision": route.precision, "route": route.note or "fp32 ONNX",
+        "strongly_typed": route.strongly_typed, "network_flags": c["flag_names"], **c["settings"],
+        "version_compatible": c["vc"], "profile": c["profile"],
+        "source_onnx": {"file": route.onnx_file, "sha256": _sha256(c["onnx_path"])},
+        "timing_cache": {"file": str(cache) if cache else None, "reused": c["reused"]},
+        "build_seconds": round(c["seconds"], 3), "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds"), "host": platform.node(),
+        "load_notes": ["set runtime.engine_host_code_allowed = True before deserializing"] if c["vc"] else [],
+    }
+    atomic_write_bytes(bundle / file, data)
+    atomic_write_text(bundle / sidecar, json.dumps(meta, indent=2) + "\n")
+    log.info("wrote %s (%d bytes, %.1f s)", file, len(data), c["seconds"])
+    return EngineInfo(bundle=bundle, file=file, sidecar=sidecar, precision=route.precision,
+                      trt_version=trt_version, gpu=gpu, route=route, profile=c["profile"],
+                      build_seconds=c["seconds"], plan_bytes=len(data), plan_sha256=digest,
+                      timing_cache=str(cache) if cache else None, timing_cache_reused=c["reused"], meta=meta)
+
+
+def _sha256(path: Path) -> str:
+    from alexnet_deploy.deploy.files import sha256_file
+
+    return sha256_file(path)
+
+
+def register_engine(bundle_dir: str | os.PathLike, info: EngineInfo) -> Manifest:
+    """Add the engine to the bundle's manifest (kind trt-plan) and return the new manifest."""
+    bundle = Path(bundle_dir)
+    built_with = {"sidecar": info.sidecar, "tensorrt": info.trt_version, "gpu": info.gpu.name,
+                  "compute_capability": info.gpu.compute_capability, "profile": info.profile,
+                  "source_onnx_sha256": info.meta.get("source_onnx", {}).get("sha256")}
+    manifest = read_manifest(bundle).with_artifact(make_artifact(bundle, info.file, "trt-plan", info.precision,
+                                                                 built_with))
+    write_manifest(bundle, manifest)
+    return manifest
+
+
+__all__ = ["ENGINE_DIR", "GpuInfo", "BuildRoute", "EngineInfo", "import_tensorrt", "import_cudart", "gpu_info",
+           "tensorrt_available", "choose_route", "network_flags", "parse_onnx", "configure", "make_profile",
+           "timing_cache_path", "engine_name", "build_engine", "register_engine"]
