@@ -172,15 +172,17 @@ class Int8Config:
     float_lrn: bool = True          # keep the lrn_conv/* nodes float
     float_first_conv: bool = False  # keep conv1 float
     float_last_fc: bool = False     # keep the classifier's last Gemm float
+    lrn: str = "conv"               # LRN formulation of the fp32 model it quantizes
 
 
 ADOPTED_INT8 = Int8Config("adopted")
 INT8_STUDY = (
     ADOPTED_INT8,
+    Int8Config("native LRN", lrn="native"),
     Int8Config("per-tensor", per_channel=False),
-    Int8Config("conv1-float", float_first_conv=True),
-    Int8Config("last-fc-float", float_last_fc=True),
-    Int8Config("lrn-quantized", float_lrn=False),
+    Int8Config("conv1 float", float_first_conv=True),
+    Int8Config("last FC float", float_last_fc=True),
+    Int8Config("LRN quantized", float_lrn=False),
 )
 
 
@@ -412,34 +414,112 @@ def make_runners(source: Source, bundles: dict[str, Path], threads: int, with_ov
     return runners
 
 
+# ---------------------------------------------------------------------------- int8 study
+def ov_raw_runner(path: Path, label: str, precision: str, lrn: str, batch: int, threads: int) -> Runner:
+    """OpenVINO (f32 execution, latency hint) on one ONNX file compiled for a static ``batch``."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0].get_any_name(): [batch, 3, IMAGE_SIZE, IMAGE_SIZE]})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    return Runner(label, "ov", precision, lrn, run, weight_bytes(path), label)
+
+
+def _study_models(source: Source, folder: Path, size: int, calib: np.ndarray) -> dict[str, Path]:
+    """fp32 (native and conv LRN) and one int8 model per INT8_STUDY configuration, at ``size`` px."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    native = export_native(source.model, folder / "native.onnx", size)
+    onnx.save(rewrite_lrn(onnx.load(str(native)), "conv"), str(folder / "conv.onnx"))
+    paths = {"fp32": folder / "conv.onnx"}
+    for config in INT8_STUDY:
+        out = folder / f"int8-{config.name.replace(' ', '_')}.onnx"
+        paths[config.name] = quantize(folder / f"{config.lrn}.onnx", out, calib, config)
+    return paths
+
+
+def int8_study(args, source: Source, work: Path) -> list[dict]:
+    """Accuracy of each Q/DQ configuration at the training resolution and at 227 px (agreement with
+    fp32 and top-1 on held-out real images), and its batch-1 latency at 227 px on ORT and OpenVINO."""
+    results = []
+    for size in sorted({source.train_crop, IMAGE_SIZE}):
+        spec = spec_at(source, size)
+        calib = sample_images(args.data, spec, args.calib_images, offset=0).inputs
+        evalset = sample_images(args.data, spec, args.study_images, offset=args.calib_images)
+        paths = _study_models(source, work / f"{size}px", size, calib)
+        fp32 = logits_of(ort_session_runner(paths["fp32"], "fp32", None, args.threads, "fp32", "conv"),
+                         evalset.inputs)
+        for name, path in paths.items():
+            logits = fp32 if name == "fp32" else logits_of(
+                ort_session_runner(path, name, None, args.threads, "int8", "conv"), evalset.inputs)
+            top1 = float(np.mean(logits.argmax(1) == evalset.labels)) if evalset.labels[0] >= 0 else None
+            results.append({"size": size, "config": name, "n_images": len(evalset.inputs), "top1": top1,
+                            "agreement": float(np.mean(logits.argmax(1) == fp32.argmax(1))),
+                            "max_abs_diff": float(np.abs(logits - fp32).max()),
+                            "kernels": ort_kernels(path, args.threads) if size == IMAGE_SIZE else {}})
+        if size == IMAGE_SIZE:
+            results += _study_latency(args, paths)
+    for row in results:
+        print("int8 study", {k: v for k, v in row.items() if k != "kernels"})
+    return results
+
+
+def _study_latency(args, paths: dict[str, Path]) -> list[dict]:
+    runners = []
+    for name, path in paths.items():
+        precision = "fp32" if name == "fp32" else "int8"
+        runners.append(ort_session_runner(path, f"ort {name}", None, args.threads, precision, "conv"))
+        if not args.no_ov:
+            runners.append(ov_raw_runner(path, f"ov {name}", precision, "conv", 1, args.threads))
+    batch = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32) + 0.5
+    times = time_round_robin(runners, batch, args.iters)
+    return [{"size": IMAGE_SIZE, "latency_of": key.split("|")[0], "batch": 1, "p50_ms": 1e3 * float(np.median(t)),
+             "min_ms": 1e3 * float(np.min(t))} for key, t in times.items()]
+
+
 # ---------------------------------------------------------------------------- ORT session tuning
-def _ort_variants(ort) -> dict[str, Callable]:
-    """name -> function(SessionOptions) applying one change to the project's defaults."""
+def _ort_variants(ort) -> dict[str, Callable | None]:
+    """name -> function(threads) returning SessionOptions: the project's defaults with one change."""
+    from alexnet_deploy.deploy.onnxrt import session_options
+
     level = ort.GraphOptimizationLevel
+
+    def changed(attribute: str, value) -> Callable:
+        def make(threads: int):
+            options = session_options(threads)
+            setattr(options, attribute, value)
+            return options
+        return make
+
     return {
-        "project defaults": lambda o: None,
-        "ORT defaults": None,  # a plain SessionOptions()
-        "threads 1": lambda o: setattr(o, "intra_op_num_threads", 1),
-        "opt BASIC": lambda o: setattr(o, "graph_optimization_level", level.ORT_ENABLE_BASIC),
-        "opt EXTENDED": lambda o: setattr(o, "graph_optimization_level", level.ORT_ENABLE_EXTENDED),
-        "opt DISABLE": lambda o: setattr(o, "graph_optimization_level", level.ORT_DISABLE_ALL),
-        "no mem arena": lambda o: setattr(o, "enable_cpu_mem_arena", False),
-        "no mem pattern": lambda o: setattr(o, "enable_mem_pattern", False),
-        "parallel exec": lambda o: setattr(o, "execution_mode", ort.ExecutionMode.ORT_PARALLEL),
-        "no spinning": lambda o: o.add_session_config_entry("session.intra_op.allow_spinning", "0"),
+        "project defaults": lambda t: session_options(t),
+        "ORT defaults": lambda t: ort.SessionOptions(),
+        "threads 1": lambda t: session_options(1),
+        "opt BASIC": changed("graph_optimization_level", level.ORT_ENABLE_BASIC),
+        "opt EXTENDED": changed("graph_optimization_level", level.ORT_ENABLE_EXTENDED),
+        "opt DISABLE": changed("graph_optimization_level", level.ORT_DISABLE_ALL),
+        "no mem arena": changed("enable_cpu_mem_arena", False),
+        "no mem pattern": changed("enable_mem_pattern", False),
+        "parallel exec": changed("execution_mode", ort.ExecutionMode.ORT_PARALLEL),
+        "spinning on": lambda t: session_options(t, spinning=True),
+        "spinning off": lambda t: session_options(t, spinning=False),
     }
 
 
-def ort_session_runner(path: Path, label: str, change, threads: int, precision: str, lrn: str) -> Runner:
-    """An ORT session on ``path`` with the project's session_options plus ``change``."""
+def ort_session_runner(path: Path, label: str, make_options, threads: int, precision: str, lrn: str) -> Runner:
+    """An ORT session on ``path`` with ``make_options(threads)`` (None: the project's session_options)."""
     from alexnet_deploy.deploy.onnxrt import import_ort, session_options
 
     ort = import_ort()
-    if change is None:
-        options = ort.SessionOptions()
-    else:
-        options = session_options(threads)
-        change(options)
+    options = make_options(threads) if make_options else session_options(threads)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return Runner(label, "ort", precision, lrn, lambda b: session.run(None, {"input": b})[0], 0, label)
 
@@ -579,6 +659,7 @@ def parse_args(argv=None):
     parser.add_argument("--iters32", type=int, default=6, help="round-robin iterations at batch 32")
     parser.add_argument("--calib-images", type=int, default=128)
     parser.add_argument("--eval-images", type=int, default=256)
+    parser.add_argument("--study-images", type=int, default=1000, help="held-out images per int8 study size")
     parser.add_argument("--no-ov", action="store_true", help="skip OpenVINO rows")
     parser.add_argument("--skip-table", action="store_true", help="only the extra studies")
     parser.add_argument("--int8-study", action="store_true", help="compare Q/DQ configurations")

@@ -52,7 +52,9 @@ def held_out_split(ckpt_path: Path, data: Path | None):
     from alexnet_deploy.alexnet.data import resolve_splits
 
     ckpt = load_checkpoint(ckpt_path)
-    config = ckpt.config
+    # The run's resolved config; keys are the CLI flag names (hyphens or underscores).
+    config = {str(k).replace("-", "_"): v for k, v in dict(ckpt.config).items()}
+    config = {**config, **{k.replace("-", "_"): v for k, v in dict(config.get("train") or {}).items()}}
     data = data or Path(config.get("data") or DEFAULT_DATA)
     val_split = config.get("val_split") or 0.1
     splits = resolve_splits(data, val=config.get("val"), val_split=None if config.get("val") else val_split,
@@ -103,8 +105,9 @@ def float_rows(bundle: Path, val_dir: Path, num_val: int, batch: int) -> tuple[l
 
 def int8_row(bundle: Path, pool_dir: Path, val_dir: Path, args, method: str, max_drop=None) -> dict:
     from alexnet_deploy.calibration import calibrate_bundle
+    from alexnet_deploy.calibration.dataset import default_cache_dir
 
-    for cached in (bundle / ".calib-cache").glob("calib-*.npz"):
+    for cached in default_cache_dir().glob("calib-*.npz"):
         cached.unlink()   # cold calibration cache, so the time includes decoding the images
     started = time.perf_counter()
     report = calibrate_bundle(bundle, calib_dir=pool_dir, val_dir=val_dir, num_images=args.num_images,
@@ -137,6 +140,7 @@ def main(argv=None) -> int:
     from alexnet_deploy.export.onnx import export_bundle
 
     args.out.mkdir(parents=True, exist_ok=True)
+    os.environ["ALEXNET_DEPLOY_CACHE"] = str(args.out / "cache")   # our own cache, safe to clear
     ckpt, splits = held_out_split(args.checkpoint, args.data)
     classes = splits.classes
     val_dir = link_folder(args.out / "heldout", classes, splits.val)

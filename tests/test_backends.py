@@ -24,6 +24,9 @@ CASES = [
     pytest.param("ort", "fp32", id="ort-fp32"),
     pytest.param("ort", "fp16", id="ort-fp16"),
     pytest.param("ort", "int8", id="ort-int8", marks=pytest.mark.slow),
+    pytest.param("ov", "fp32", id="ov-fp32"),
+    pytest.param("ov", "fp16", id="ov-fp16"),
+    pytest.param("ov", "int8", id="ov-int8", marks=pytest.mark.slow),
 ]
 
 
@@ -149,3 +152,91 @@ def test_pt_refuses_a_checkpoint_that_is_not_the_exported_one(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BackendUnavailable, match="gone.pt.*not found.*--checkpoint"):
         load(copy, backend="pt")
+
+
+# ---- trt, against the stand-in tensorrt + cuda-python (tests/stubs) ------------------------------
+# The stand-ins check the named-tensor API calls, shapes, pinned/device buffer handling and the
+# engine/device matching; execute_async_v3 runs the plan's ONNX with ONNX Runtime on the CPU. They
+# cannot show that real TensorRT builds this model, its kernels' numerics on a GPU, or its speed.
+
+from stubs.fake_env import stand_ins  # noqa: E402,F401 - pytest fixture
+
+
+@pytest.fixture(scope="module")
+def trt_bundle(bundle, tmp_path_factory):
+    """A copy of the bundle that collects stand-in engines (one per TensorRT version x precision)."""
+    return runtime_bundle.linked_copy(bundle, tmp_path_factory.mktemp("trt") / "bundle")
+
+
+def _build(bundle_dir, precision: str):
+    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+
+    register_engine(bundle_dir, build_engine(bundle_dir, precision, timing_cache=False))
+
+
+@pytest.mark.parametrize(("version", "precision"), [("10.3.0", "fp32"), ("8.6.1", "fp16"), ("10.3.0", "fp16"),
+                                                    ("11.1.0", "fp16")])
+def test_trt_conformance_on_stand_in(stand_ins, trt_bundle, reference, version, precision):
+    stand_ins(trt_version=version)
+    from cuda.bindings import runtime as fake_cudart
+
+    _build(trt_bundle, precision)
+    allocated = fake_cudart.live_allocations()
+    inputs, ref_logits = reference
+    with load(trt_bundle, backend="trt", precision=precision) as model:
+        assert model.is_gpu and f"TensorRT {version}" in model.provider
+        _check_against_reference(model, inputs, ref_logits, precision)
+        _check_rejects_bad_batches(model, inputs)
+        assert fake_cudart.live_allocations() == allocated + 4  # pinned + device, input + output
+    assert fake_cudart.live_allocations() == allocated  # close() freed every buffer and the stream
+
+
+def test_trt_refuses_engines_from_another_tensorrt_or_gpu(stand_ins, trt_bundle, monkeypatch):
+    stand_ins(trt_version="10.3.0")
+    _build(trt_bundle, "fp16")
+    stand_ins(trt_version="10.4.0")  # same GPU, newer TensorRT: the plan must be rebuilt
+    with pytest.raises(BackendUnavailable) as info:
+        load(trt_bundle, backend="trt", precision="fp16")
+    message = str(info.value)
+    assert "built with TensorRT 10.3.0" in message and "this is TensorRT 10.4.0" in message
+    assert f"alexnet-deploy build-engine {trt_bundle} --fp16" in message
+    stand_ins(trt_version="10.3.0", gpu_name="Jetson Orin Nano (fake)", cc="8.7")
+    with pytest.raises(BackendUnavailable, match="Jetson Orin Nano.*build-engine"):
+        load(trt_bundle, backend="trt", precision="fp16")
+
+
+def test_trt_without_gpu_or_engine_says_why(stand_ins, trt_bundle, bundle):
+    stand_ins(trt_version="10.3.0", devices=0)
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU|CUDA .* failed"):
+        load(trt_bundle, backend="trt", precision="fp16")
+    stand_ins(trt_version="10.3.0")
+    with pytest.raises(BackendUnavailable, match=f"no int8 TensorRT engine.*build-engine {bundle} --int8"):
+        load(bundle, backend="trt", precision="int8")
+
+
+def test_auto_prefers_trt_and_bench_runs_it(stand_ins, trt_bundle):
+    from alexnet_deploy.deploy.bench import BenchConfig, run_bench
+
+    stand_ins(trt_version="11.1.0")
+    _build(trt_bundle, "fp16")
+    with load(trt_bundle, precision="fp16") as model:
+        assert model.name == "trt"
+    report = run_bench(trt_bundle, BenchConfig(backends=("trt",), precisions=("fp16",), batches=(1, 4),
+                                               warmup_s=0.01, min_iters=3, min_time_s=0.02))
+    assert [(r.status, r.batch) for r in report.rows] == [("ok", 1), ("ok", 4)]
+    assert report.rows[0].agreement == 1.0 and report.rows[0].p50_ms > 0
+    assert report.system.get("gpu") == "Stand-in Orin (fake)"  # system facts read the (fake) GPU
+
+
+def test_trt_version_compatible_plan_loads_on_a_newer_tensorrt(stand_ins, bundle, tmp_path):
+    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+
+    copy = runtime_bundle.linked_copy(bundle, tmp_path / "b")
+    stand_ins(trt_version="10.3.0")
+    register_engine(copy, build_engine(copy, "fp16", version_compatible=True, timing_cache=False))
+    stand_ins(trt_version="11.1.0")  # TRT 10 VC plans run on TRT 11 (the stand-in needs host code allowed)
+    with load(copy, backend="trt", precision="fp16") as model:
+        assert model.infer(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 3)
+    stand_ins(trt_version="10.2.0")  # never on an older runtime
+    with pytest.raises(BackendUnavailable, match="built with TensorRT 10.3.0"):
+        load(copy, backend="trt", precision="fp16")

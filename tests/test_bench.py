@@ -200,3 +200,13 @@ def test_bench_row_defaults_are_a_failed_row_shape():
     row = BenchRow(backend="trt", precision="fp16", status="failed", reason="boom", batch=8)
     data = row.to_dict()
     assert tuple(data) == ROW_FIELDS and data["p50_ms"] is None and data["warnings"] == []
+
+
+def test_a_broken_artifact_is_a_failed_row_not_a_crash(bundle, tmp_path):
+    copy = runtime_bundle.linked_copy(bundle, tmp_path / "b")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    next(a for a in manifest["artifacts"] if a["file"] == "model.fp16.onnx")["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    report = run_bench(copy, BenchConfig(backends=("ort",), precisions=("fp32", "fp16"), batches=(1,), **FAST))
+    assert [(r.precision, r.status) for r in report.rows] == [("fp32", "ok"), ("fp16", "failed")]
+    assert "model.fp16.onnx: sha256 mismatch" in report.rows[1].reason

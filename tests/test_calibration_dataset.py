@@ -13,8 +13,8 @@ import pytest
 from conftest import write_image_folder
 from PIL import Image
 
-from alexnet_deploy.calibration.dataset import load_set, random_set, stratified_split
-from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.calibration.dataset import default_cache_dir, load_set, random_set, stratified_split
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, preprocess
 from alexnet_deploy.errors import CalibrationError, DataError
 
 SPEC = PreprocessSpec(resize=32, crop=32)
@@ -34,6 +34,21 @@ def test_sampling_is_deterministic_stratified_and_seeded(folder: Path) -> None:
     assert Counter(first.labels.tolist()) == {0: 3, 1: 3, 2: 3}
     assert first.images.shape == (9, 3, 32, 32) and first.images.dtype == np.float32
     assert all(f.startswith(f"class_{label}/") for f, label in zip(first.files, first.labels))
+
+
+def test_images_are_bit_identical_to_deploy_preprocess(folder: Path, tmp_path: Path) -> None:
+    fresh = load_set(folder, SPEC, count=6, seed=0, cache_dir=tmp_path / "cache")
+    cached = load_set(folder, SPEC, count=6, seed=0, cache_dir=tmp_path / "cache")
+    expected = preprocess([folder / f for f in fresh.files], SPEC)
+    assert np.array_equal(fresh.images, expected) and np.array_equal(cached.images, expected)
+
+
+def test_default_cache_dir_follows_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ALEXNET_DEPLOY_CACHE", str(tmp_path / "a"))
+    assert default_cache_dir() == tmp_path / "a" / "calibration"
+    monkeypatch.delenv("ALEXNET_DEPLOY_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "alexnet-deploy" / "calibration"
 
 
 def test_stratified_split_groups_are_disjoint_and_balanced() -> None:

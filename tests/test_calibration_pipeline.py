@@ -18,6 +18,13 @@ from alexnet_deploy.deploy.bundle import make_artifact, read_manifest, verify_ar
 from alexnet_deploy.errors import CalibrationError, DataError
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch) -> Path:
+    """Calibration caches go to the test's own directory, never to ~/.cache."""
+    monkeypatch.setenv("ALEXNET_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Path, Path]:
     images = write_image_folder(tmp_path / "images", classes=3, per_class=24, size=32, seed=1)

@@ -139,3 +139,27 @@ def test_all_zero_tensor_gets_a_valid_scale(small: dict, tmp_path: Path) -> None
     ranges = {name: 0.0 for name in histogram.thresholds(small["hists"], "minmax")}
     out = qdq.write_qdq(small["model"], tmp_path / "zeros.onnx", ranges)
     assert qdq.check_qdq(out) == []
+
+
+def test_single_pass_histogram_is_exact_when_the_range_grows() -> None:
+    rng = np.random.default_rng(1)
+    chunks = [rng.uniform(-1, 1, 5000).astype(np.float32), rng.uniform(-3, 3, 5000).astype(np.float32),
+              np.zeros(100, np.float32)]
+    acc = histogram._Accumulator()
+    for chunk in chunks:
+        acc.add(chunk)
+    hist = acc.result()
+    values = np.abs(np.concatenate(chunks)).astype(np.float64)
+    assert hist.amax == pytest.approx(values.max()) and hist.upper >= hist.amax
+    assert len(hist.counts) == histogram.NUM_BINS and hist.counts.sum() == values.size
+    reference = np.histogram(values, bins=histogram.NUM_BINS, range=(0, hist.upper))[0]
+    assert np.abs(hist.counts - reference).sum() <= 4      # float rounding at bin edges only
+    assert histogram.threshold(hist, "minmax") == pytest.approx(values.max())
+
+
+def test_logits_stay_float(small: dict) -> None:
+    # A Q/DQ pair on the logits would round close scores onto the same int8 level and flip top-1.
+    model = onnx.load(str(_ours(small)))
+    producer = next(n for n in model.graph.node if "logits" in n.output)
+    assert producer.op_type == "Gemm" and producer.name == "fc2"
+    assert qdq.check_qdq(model) == []

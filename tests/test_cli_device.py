@@ -35,10 +35,12 @@ def test_pack_unpack_verify_flow(bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "device" / "bundle"
     result = run("unpack", archive, out)
     assert result.exit_code == 0, result.output
-    result = run("verify", out, "--backend", "ort")
+    result = run("verify", out, "--backend", "ort", "--json", tmp_path / "verify.json")
     assert result.exit_code == 0, result.output
     assert "verified" in result.output and result.output.count("PASS") >= 7
     assert "FAIL" not in result.output
+    saved = json.loads((tmp_path / "verify.json").read_text())
+    assert saved["ok"] is True and {c["check"] for c in saved["checks"]} >= {"sha256", "golden", "model metadata"}
 
 
 def test_verify_fails_with_exit_code_1(bundle: Path) -> None:
@@ -128,3 +130,40 @@ def test_device_commands_do_not_import_torch(bundle: Path, tmp_path: Path) -> No
             "print(json.dumps([r.exit_code, r2.exit_code, 'torch' in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, False], proc.stderr
+
+
+def test_load_accepts_a_packed_bundle(bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    from alexnet_deploy.deploy import load
+
+    monkeypatch.setenv("ALEXNET_DEPLOY_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "b.tar.gz"
+    assert run("pack", bundle, "-o", archive).exit_code == 0
+    with load(archive, backend="ort") as model:
+        assert str(model.bundle).startswith(str(tmp_path / "cache"))
+        assert len(model.classify(sorted((tmp_path / "images").rglob("*.jpg"))[:2])) == 2
+
+
+@pytest.mark.slow
+def test_device_flow_with_the_real_exporter(tmp_path: Path) -> None:
+    """export (real AlexNet-2012 at 64 px, random weights) -> pack -> unpack elsewhere -> verify -> tamper."""
+    pytest.importorskip("torch")
+    from alexnet_deploy.alexnet.checkpoint import save_checkpoint
+    from alexnet_deploy.alexnet.model import build_model
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+    from conftest import write_image_folder
+
+    images = write_image_folder(tmp_path / "images", classes=3, per_class=3, size=64)
+    save_checkpoint(tmp_path / "ckpt.pt", model=build_model("alexnet2012", num_classes=3), arch="alexnet2012",
+                    classes=["class_0", "class_1", "class_2"], preprocess=PreprocessSpec(resize=73, crop=64),
+                    config={}, epoch=0, metrics={})
+    result = run("export", tmp_path / "ckpt.pt", "--out", tmp_path / "bundle", "--fp16", "--verify-data", images,
+                 "--max-batch", "4")
+    assert result.exit_code == 0, result.output
+    assert run("pack", tmp_path / "bundle", "-o", tmp_path / "b.tar.gz").exit_code == 0
+    device = tmp_path / "device" / "bundle"
+    assert run("unpack", tmp_path / "b.tar.gz", device).exit_code == 0
+    result = run("verify", device, "--backend", "ort")
+    assert result.exit_code == 0 and "verified" in result.output, result.output
+    edit_manifest(device, lambda d: d["preprocess"].update(std=[0.5, 0.5, 0.5]))
+    result = run("verify", device, "--backend", "ort", "--precision", "fp32")
+    assert result.exit_code == 1 and "std differ" in result.output.replace("\n", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def test_bad_config_values(kwargs, match):
 def test_amp_bf16_trains(tiny_data, tmp_path):
     progress = _Recorder()
     train(_config(tiny_data, tmp_path / "amp", epochs=1, amp=True), progress)
-    assert progress.rows[0]["train_loss"] == pytest.approx(progress.rows[0]["train_loss"])  # finite
+    assert math.isfinite(progress.rows[0]["train_loss"])
     assert 0.0 <= progress.rows[0]["val_top1"] <= 1.0
 
 

@@ -124,3 +124,23 @@ def test_judge_logits_thresholds() -> None:
     assert check.status == FAIL and check.cosine < 0.9999
     assert np.allclose(cosine_rows(ref, 2 * ref), 1.0)
     assert cosine_rows(np.zeros((1, 3)), np.zeros((1, 3)))[0] == 1.0
+
+
+def test_metadata_read_from_the_wire_matches_onnx(bundle: Path) -> None:
+    import onnx
+
+    from alexnet_deploy.deploy.verify import onnx_metadata_props
+
+    for name in ("model.onnx", "model.fp16.onnx"):
+        expected = {p.key: p.value for p in onnx.load(str(bundle / name)).metadata_props}
+        assert onnx_metadata_props(bundle / name) == expected and "preprocess" in expected
+    (bundle / "junk.onnx").write_bytes(b"\xff" * 20)
+    with pytest.raises(ValueError):
+        onnx_metadata_props(bundle / "junk.onnx")
+
+
+def test_every_onnx_model_is_checked_against_the_manifest(bundle: Path) -> None:
+    report = verify_bundle(bundle, backends=("ort",))
+    meta = _rows(report, "model metadata")
+    assert [(m.target, m.status) for m in meta] == [("model.onnx", PASS), ("model.fp16.onnx", PASS)]
+    assert "I/O names and shapes" in meta[0].detail and "I/O" not in meta[1].detail

@@ -1,8 +1,8 @@
 """Put the stand-in ``tensorrt`` and ``cuda`` (cuda-python) modules in place for one test.
 
-    from stubs.fake_env import use_stand_ins
-    def test_x(monkeypatch):
-        trt = use_stand_ins(monkeypatch, trt_version="8.6.1")
+    from stubs.fake_env import stand_ins  # a pytest fixture
+    def test_x(stand_ins):
+        trt = stand_ins(trt_version="8.6.1")
 
 The stand-ins shadow any real installation for the duration of the test (sys.path first, and
 previously imported ``tensorrt*`` / ``cuda*`` modules dropped), and are dropped again afterwards.
@@ -15,6 +15,8 @@ import importlib
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 STUBS = Path(__file__).resolve().parent
 _PREFIXES = ("tensorrt", "cuda")
@@ -34,15 +36,24 @@ def stand_in_env(trt_version: str = "10.3.0", devices: int = 1, dla_cores: int =
 
 
 def use_stand_ins(monkeypatch, **kwargs):
-    """Configure and import the stand-in tensorrt (returned); undone when the test ends."""
+    """Configure and import the stand-in tensorrt (returned). Pair with ``purge()`` after the test
+    (the ``stand_ins`` fixture does both)."""
     for key, value in stand_in_env(**kwargs).items():
         if key != "PYTHONPATH":
             monkeypatch.setenv(key, value)
     monkeypatch.syspath_prepend(str(STUBS))
     _purge()
-    monkeypatch.setattr(sys, "modules", sys.modules)  # placeholder so undo order is predictable
-    monkeypatch.context  # noqa: B018 - keep the API surface obvious
     trt = importlib.import_module("tensorrt")
     if not getattr(trt, "STAND_IN", False):
         raise RuntimeError(f"expected the stand-in tensorrt, imported {trt.__file__}")
     return trt
+
+
+purge = _purge
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """``stand_ins(trt_version="11.1.0", devices=1, dla_cores=0)`` -> the stand-in tensorrt module."""
+    yield lambda **kwargs: use_stand_ins(monkeypatch, **kwargs)
+    _purge()

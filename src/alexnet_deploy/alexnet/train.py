@@ -45,7 +45,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
-                 "epoch_seconds", "train_images_per_s", "elapsed_seconds", "best_val_top1")
+                 "epoch_seconds", "train_images_per_s", "train_images", "val_images", "elapsed_seconds",
+                 "best_val_top1")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class TrainConfig:
     out: str = "runs/train"
     arch: str = "alexnet2012"
     epochs: int = 5
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float | None = None
     image_size: int | None = None
     resize: int | None = None
@@ -288,7 +289,7 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
     return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],
             "val_loss": val_sums[0] / val_sums[3], "val_top1": val_sums[1] / val_sums[3],
             "val_top5": val_sums[2] / val_sums[3], "lr": lr, "epoch_seconds": seconds,
-            "train_images_per_s": sums[2] / seconds}
+            "train_images_per_s": sums[2] / seconds, "train_images": int(sums[2]), "val_images": int(val_sums[3])}
 
 
 def _autocast(device: str, enabled: bool):

@@ -4,7 +4,9 @@ preprocessed with the bundle's own PreprocessSpec and cached as ``.npz`` (no tor
 The cache key is the sha256 of everything the arrays depend on: the folder's file list, the
 contents of the chosen files, the preprocessing, the count, the seed and the role (calibration
 or validation). Change any of them and the set is rebuilt; otherwise the cached arrays are reused.
-Caches live in ``BUNDLE/.calib-cache/<role>-<key>.npz`` so they travel and die with the bundle.
+Caches hold the uint8 crops (4x smaller than float32, and normalizing them again is bit-exact)
+in ``$ALEXNET_DEPLOY_CACHE`` or ``$XDG_CACHE_HOME/alexnet-deploy/calibration`` (default
+``~/.cache/alexnet-deploy/calibration``), not in the bundle, which is copied to devices.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from typing import Callable, Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.files import atomic_write_bytes
-from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, preprocess
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
 from alexnet_deploy.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_DIRNAME = ".calib-cache"
+
+
+def default_cache_dir() -> Path:
+    """Where calibration sets are cached (see the module docstring)."""
+    explicit = os.environ.get("ALEXNET_DEPLOY_CACHE")
+    if explicit:
+        return Path(explicit) / "calibration"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "alexnet-deploy" / "calibration"
 Progress = Callable[[int, int], None]
 
 
@@ -107,23 +117,25 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
     key = cache_key(root, listing, chosen, spec, count, seed, role)
     cache_path = Path(cache_dir) / f"{role}-{key[:32]}.npz" if cache_dir else None
     if cache_path is not None and cache_path.is_file():
-        cached = _read_cache(cache_path, root, classes, key)
+        cached = _read_cache(cache_path, root, classes, key, spec)
         if cached is not None:
             log.info("%s set: reusing %d cached images from %s", role, len(cached), cache_path)
             return cached
-    built = _build(root, classes, [listing[i] for i in chosen], spec, key, progress)
+    crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, progress)
     if cache_path is not None:
-        _write_cache(cache_path, built)
-    return CalibrationSet(**{**built.__dict__, "cache_path": str(cache_path) if cache_path else None})
+        _write_cache(cache_path, key, crops, labels, files, skipped)
+    return CalibrationSet(images=normalize(crops, spec), labels=labels, files=files, classes=tuple(classes),
+                          root=str(root), cache_key=key, cache_path=str(cache_path) if cache_path else None,
+                          skipped=skipped)
 
 
-def _build(root: Path, classes: Sequence[str], chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec,
-           key: str, progress: Progress | None) -> CalibrationSet:
-    arrays, labels, files, skipped = [], [], [], []
+def _decode(root: Path, chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec, progress: Progress | None):
+    """uint8 HWC crops, labels, relative names and skipped names of the chosen files."""
+    crops, labels, files, skipped = [], [], [], []
     for done, (path, label) in enumerate(chosen, 1):
         relative = path.relative_to(root).as_posix()
         try:
-            arrays.append(preprocess([load_image(path)], spec)[0])
+            crops.append(np.asarray(resize_and_crop(load_image(path), spec), dtype=np.uint8))
         except DataError as exc:
             # Same policy as training: a bad file is reported and left out, never silently used.
             log.warning("skipping unreadable image %s", exc)
@@ -133,27 +145,34 @@ def _build(root: Path, classes: Sequence[str], chosen: Sequence[tuple[Path, int]
             files.append(relative)
         if progress:
             progress(done, len(chosen))
-    if not arrays:
+    if not crops:
         raise DataError(f"{root}: none of the {len(chosen)} chosen images could be read (first: {skipped[0]})")
-    return CalibrationSet(images=np.stack(arrays).astype(np.float32), labels=np.asarray(labels, np.int64),
-                          files=tuple(files), classes=tuple(classes), root=str(root), cache_key=key,
-                          skipped=tuple(skipped))
+    return np.stack(crops), np.asarray(labels, np.int64), tuple(files), tuple(skipped)
 
 
-def _write_cache(path: Path, data: CalibrationSet) -> None:
+def normalize(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 NHWC crops -> float32 NCHW, the same float32 operations in the same order as
+    deploy.preprocess.to_chw_float, so the result is bit-identical to ``preprocess``."""
+    arr = crops.astype(np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+def _write_cache(path: Path, key: str, crops: np.ndarray, labels: np.ndarray, files: tuple[str, ...],
+                 skipped: tuple[str, ...]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, images=data.images, labels=data.labels, files=np.asarray(data.files, dtype=str),
-             classes=np.asarray(data.classes, dtype=str), skipped=np.asarray(data.skipped, dtype=str),
-             key=np.asarray(data.cache_key))
+    np.savez(buffer, crops=crops, labels=labels, files=np.asarray(files, dtype=str),
+             skipped=np.asarray(skipped, dtype=str), key=np.asarray(key))
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _read_cache(path: Path, root: Path, classes: Sequence[str], key: str) -> CalibrationSet | None:
+def _read_cache(path: Path, root: Path, classes: Sequence[str], key: str,
+                spec: PreprocessSpec) -> CalibrationSet | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if str(npz["key"]) != key:
                 return None
-            return CalibrationSet(images=npz["images"].astype(np.float32), labels=npz["labels"].astype(np.int64),
+            return CalibrationSet(images=normalize(npz["crops"], spec), labels=npz["labels"].astype(np.int64),
                                   files=tuple(str(f) for f in npz["files"]), classes=tuple(classes), root=str(root),
                                   cache_key=key, cache_hit=True, cache_path=str(path),
                                   skipped=tuple(str(f) for f in npz["skipped"]))

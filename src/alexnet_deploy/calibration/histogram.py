@@ -36,23 +36,82 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, eq=False)
 class Histogram:
-    """Histogram of |x| for one tensor: ``counts`` over ``NUM_BINS`` equal bins on [0, ``amax``]."""
+    """Histogram of |x| for one tensor: ``counts`` over equal bins on [0, ``top``] (``top`` 0
+    means ``amax``); ``amax`` is the exact largest |x| seen, ``top`` >= ``amax``."""
 
     amax: float
     counts: np.ndarray
+    top: float = 0.0
+
+    @property
+    def upper(self) -> float:
+        return self.top or self.amax
 
     @property
     def edges(self) -> np.ndarray:
-        return np.linspace(0.0, self.amax, len(self.counts) + 1)
+        return np.linspace(0.0, self.upper, len(self.counts) + 1)
 
 
-def activation_tensors(model) -> list[str]:
+class _Accumulator:
+    """Single-pass |x| histogram with a fixed bin width set by the first non-zero batch.
+
+    When a later batch exceeds the covered range, bins of the same width are appended, so no
+    count is ever re-binned approximately; past MAX_BINS, pairs of bins merge (exact, width
+    doubles). ``result()`` folds the bins into NUM_BINS groups (again exact sums)."""
+
+    MAX_BINS = NUM_BINS * 32
+
+    def __init__(self) -> None:
+        self.width = 0.0
+        self.amax = 0.0
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, value: np.ndarray) -> None:
+        magnitude = np.abs(value, dtype=np.float32).ravel()
+        peak = float(magnitude.max()) if magnitude.size else 0.0
+        if not np.isfinite(peak):
+            raise CalibrationError("the fp32 model produced inf/nan on calibration images; "
+                                   "check the model and the preprocessing")
+        if peak <= 0.0:
+            self.counts = np.pad(self.counts, (0, max(0, 1 - len(self.counts))))
+            self.counts[0] += magnitude.size
+            return
+        if self.width == 0.0:
+            self.width = peak / NUM_BINS
+        self.amax = max(self.amax, peak)
+        needed = int(np.floor(peak / self.width)) + 1
+        while needed > self.MAX_BINS:
+            self._merge_pairs()
+            needed = int(np.floor(peak / self.width)) + 1
+        if needed > len(self.counts):
+            self.counts = np.pad(self.counts, (0, needed - len(self.counts)))
+        # Indices in float64: exact enough even for tensors that live in a sliver of float32.
+        index = (magnitude.astype(np.float64) / self.width).astype(np.int64)
+        self.counts += np.bincount(np.minimum(index, len(self.counts) - 1), minlength=len(self.counts))
+
+    def _merge_pairs(self) -> None:
+        padded = np.pad(self.counts, (0, len(self.counts) % 2))
+        self.counts = padded.reshape(-1, 2).sum(axis=1)
+        self.width *= 2
+
+    def result(self) -> Histogram:
+        if self.width == 0.0:
+            counts = np.zeros(NUM_BINS, np.int64)
+            counts[0] = int(self.counts.sum())
+            return Histogram(amax=0.0, counts=counts)
+        group = int(np.ceil(len(self.counts) / NUM_BINS))
+        padded = np.pad(self.counts, (0, NUM_BINS * group - len(self.counts)))
+        return Histogram(amax=self.amax, counts=padded.reshape(NUM_BINS, group).sum(axis=1),
+                         top=NUM_BINS * group * self.width)
+
+
+def activation_tensors(model, *, inferred: bool = False) -> list[str]:
     """Names of float activations that the Q/DQ quantizer may need ranges for: every float
-    tensor read or written by a node that is not an initializer (same rule as ORT's calibrator)."""
+    tensor read or written by a node that is not an initializer (same rule as ORT's calibrator).
+    Pass ``inferred=True`` when shape inference already ran on ``model``."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
+    graph = (model if inferred else onnx.shape_inference.infer_shapes(model)).graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.input, *graph.output]}
     constants = {init.name for init in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -65,66 +124,38 @@ def activation_tensors(model) -> list[str]:
 
 
 def augmented_model(model, tensors: Iterable[str]) -> bytes:
-    """The model with every tensor in ``tensors`` added as a graph output (serialized)."""
+    """``model`` (modified in place) with every tensor in ``tensors`` added as a graph output,
+    serialized for an ORT session."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    existing = {o.name for o in inferred.graph.output}
+    existing = {o.name for o in model.graph.output}
     for name in tensors:
         if name not in existing:
-            inferred.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return inferred.SerializeToString()
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model.SerializeToString()
 
 
 def collect(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32,
             progress: Progress | None = None) -> dict[str, Histogram]:
-    """Run ORT over ``images`` twice (amax pass, histogram pass) and return |x| histograms."""
+    """Run ORT once over ``images`` and return an |x| histogram for every activation tensor."""
     import onnx
 
     from alexnet_deploy.deploy.onnxrt import cpu_session
 
-    model = onnx.load(str(model_path))
-    tensors = activation_tensors(model)
+    # One shape inference (seconds on AlexNet's 240 MB) serves both the tensor list and the outputs.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    tensors = activation_tensors(model, inferred=True)
     session = cpu_session(augmented_model(model, tensors))
     input_name = session.get_inputs()[0].name
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    total = 2 * len(batches)
-
-    def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = session.run(tensors, {input_name: np.ascontiguousarray(batch, np.float32)})
-        return dict(zip(tensors, values))
-
-    amax = dict.fromkeys(tensors, 0.0)
-    for step, batch in enumerate(batches, 1):
-        for name, value in outputs(batch).items():
-            amax[name] = max(amax[name], float(np.max(np.abs(value))) if value.size else 0.0)
+    accumulators = {name: _Accumulator() for name in tensors}
+    starts = range(0, len(images), batch_size)
+    for step, start in enumerate(starts, 1):
+        batch = np.ascontiguousarray(images[start:start + batch_size], np.float32)
+        for name, value in zip(tensors, session.run(tensors, {input_name: batch})):
+            accumulators[name].add(value)
         if progress:
-            progress(step, total)
-    counts = {name: np.zeros(NUM_BINS, np.int64) for name in tensors}
-    for step, batch in enumerate(batches, len(batches) + 1):
-        for name, value in outputs(batch).items():
-            if amax[name] > 0:
-                counts[name] += _bin_counts(value, amax[name])
-        if progress:
-            progress(step, total)
-    _check_finite(amax)
-    return {name: Histogram(amax=amax[name], counts=counts[name]) for name in tensors}
-
-
-def _bin_counts(value: np.ndarray, amax: float) -> np.ndarray:
-    """|value| counted into NUM_BINS equal bins on [0, amax] (the top edge goes in the last bin).
-
-    Bin indices are computed in float64 from the scale factor, so even a tensor whose values
-    sit in a sliver of float32 precision gets valid bins (cf. ORT's "Too many bins" crash)."""
-    index = np.abs(value, dtype=np.float32).ravel().astype(np.float64) * (NUM_BINS / amax)
-    return np.bincount(np.minimum(index.astype(np.int64), NUM_BINS - 1), minlength=NUM_BINS)[:NUM_BINS]
-
-
-def _check_finite(amax: dict[str, float]) -> None:
-    bad = [name for name, value in amax.items() if not np.isfinite(value)]
-    if bad:
-        raise CalibrationError(f"the fp32 model produced inf/nan in {bad[:3]} on calibration images; "
-                               "check the model and the preprocessing")
+            progress(step, len(starts))
+    return {name: acc.result() for name, acc in accumulators.items()}
 
 
 def threshold(hist: Histogram, method: str, percentile: float = PERCENTILE) -> float:
@@ -144,7 +175,7 @@ def percentile_threshold(hist: Histogram, percentile: float = PERCENTILE) -> flo
     """Upper edge of the bin where the |x| CDF reaches ``percentile`` %."""
     cdf = np.cumsum(hist.counts) / hist.counts.sum()
     index = int(np.searchsorted(cdf, percentile / 100.0))
-    return float(hist.edges[min(index + 1, len(hist.counts))])
+    return min(float(hist.edges[min(index + 1, len(hist.counts))]), hist.amax)
 
 
 def entropy_threshold(hist: Histogram, quant_bins: int = QUANT_BINS, stride: int = 8) -> float:
@@ -155,13 +186,13 @@ def entropy_threshold(hist: Histogram, quant_bins: int = QUANT_BINS, stride: int
     counts[0] = 0
     nonzero_last = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
     if nonzero_last <= quant_bins:
-        return float(hist.edges[max(nonzero_last, 1)])
+        return min(float(hist.edges[max(nonzero_last, 1)]), hist.amax)
     candidates = list(range(quant_bins, nonzero_last + 1, stride))
     if candidates[-1] != nonzero_last:
         candidates.append(nonzero_last)
     divergences = [_kl_for(counts, i, quant_bins) for i in candidates]
     best = candidates[int(np.argmin(divergences))]
-    return float(hist.edges[best])
+    return min(float(hist.edges[best]), hist.amax)
 
 
 def _kl_for(counts: np.ndarray, i: int, quant_bins: int) -> float:

@@ -64,17 +64,12 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     fp32_path = _fp32_model(request.bundle, manifest)
     timings: dict[str, float] = {}
     calib = _timed(timings, "calibration_images", lambda: _calibration_set(request, manifest, progress))
-    evaluation, notes = _timed(timings, "validation", lambda: _evaluation(request, manifest, calib, fp32_path, progress))
+    evaluation, notes = _timed(timings, "validation",
+                               lambda: _evaluation(request, manifest, calib, fp32_path, progress))
     histograms = _timed(timings, "histograms", lambda: histogram.collect(
         fp32_path, calib.images, request.batch_size, _stage(progress, "activations")))
-    with tempfile.TemporaryDirectory(prefix="alexnet-deploy-calib.") as tmp:
-        work = Path(tmp)
-        results = _try_methods(request, fp32_path, work, histograms, evaluation, progress)
-        chosen = _choose(results)
-        final, kept, ranked, int8_acc, met = _apply_budget(request, fp32_path, work, chosen, evaluation, progress,
-                                                           timings)
-        if met is not False:
-            atomic_write_bytes(request.bundle / INT8_FILE, final.read_bytes())
+    results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation, progress,
+                                                             timings)
     timings["total"] = round(time.perf_counter() - started, 3)
     timings["calibration_seconds"] = round(timings["calibration_images"] + timings["histograms"] + chosen.seconds, 3)
     report = CalibrationReport(
@@ -114,7 +109,8 @@ def _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, v
         if folder is not None and not Path(folder).is_dir():
             raise CalibrationError(f"{flag} {folder}: not a directory; expected an image folder with class sub-folders")
     return _Request(Path(bundle_dir), Path(calib_dir) if calib_dir else None, int(num_images), method,
-                    int(batch_size), max_drop, Path(val_dir) if val_dir else None, int(seed), allow_random, int(num_val))
+                    int(batch_size), max_drop, Path(val_dir) if val_dir else None, int(seed), allow_random,
+                    int(num_val))
 
 
 def _timed(timings: dict[str, float], name: str, fn):
@@ -141,7 +137,7 @@ def _calibration_set(request: _Request, manifest: Manifest, progress: Progress |
         log.warning("RANDOM calibration: the int8 model's accuracy is meaningless; use it for latency only")
         return dataset.random_set(manifest.preprocess, request.num_images, request.seed)
     return dataset.load_set(request.calib_dir, manifest.preprocess, count=request.num_images, seed=request.seed,
-                            role="calib", cache_dir=request.bundle / dataset.CACHE_DIRNAME,
+                            role="calib", cache_dir=dataset.default_cache_dir(),
                             progress=_stage(progress, "calibration images"))
 
 
@@ -154,7 +150,7 @@ def _evaluation(request: _Request, manifest: Manifest, calib: dataset.Calibratio
     same = request.calib_dir is not None and folder.resolve() == request.calib_dir.resolve()
     try:
         val = dataset.load_set(folder, manifest.preprocess, count=request.num_val, seed=request.seed + 1, role="val",
-                               exclude=calib.files if same else (), cache_dir=request.bundle / dataset.CACHE_DIRNAME,
+                               exclude=calib.files if same else (), cache_dir=dataset.default_cache_dir(),
                                progress=_stage(progress, "validation images"))
     except DataError as exc:
         return _no_evaluation(request, f"no held-out images: {exc}")
@@ -201,6 +197,21 @@ def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, eva
         if progress:
             progress("methods", done, len(methods))
     return results
+
+
+def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progress: Progress | None,
+              timings: dict[str, float]):
+    """Try the methods, keep the best, apply the budget; write model.int8.onnx unless the budget
+    failed. Returns (results, chosen, kept float, sensitivity ranking, int8 accuracy, met)."""
+    with tempfile.TemporaryDirectory(prefix="alexnet-deploy-calib.") as tmp:
+        work = Path(tmp)
+        results = _try_methods(request, fp32_path, work, histograms, evaluation, progress)
+        chosen = _choose(results)
+        final, kept, ranked, int8_acc, met = _apply_budget(request, fp32_path, work, chosen, evaluation, progress,
+                                                           timings)
+        if met is not False:
+            atomic_write_bytes(request.bundle / INT8_FILE, final.read_bytes())
+    return results, chosen, kept, ranked, int8_acc, met
 
 
 def _choose(results: list[MethodResult]) -> MethodResult:

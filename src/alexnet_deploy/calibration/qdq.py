@@ -32,7 +32,8 @@ def _import_quantization():
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     except ImportError as exc:
-        raise MissingDependency("INT8 calibration needs onnx and onnxruntime: pip install 'alexnet-deploy[ort]'") from exc
+        raise MissingDependency("INT8 calibration needs onnx and onnxruntime: "
+                                "pip install 'alexnet-deploy[ort]'") from exc
     return onnx, CalibrationMethod, QuantFormat, QuantType, quantize_static, TensorData, TensorsData, save_tensors_data
 
 
@@ -104,11 +105,39 @@ def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges:
                     nodes_to_exclude=excluded, calibrate_method=method.MinMax, calibration_cache_path=cache,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path}: {exc.__class__.__name__}: {exc}") from exc
+            raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path}: "
+                                   f"{exc.__class__.__name__}: {exc}") from exc
         from alexnet_deploy.deploy.files import atomic_write_bytes
 
-        atomic_write_bytes(out_path, tmp_out.read_bytes())
+        model = onnx.load(str(tmp_out))
+        float_outputs(model)
+        atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
+
+
+def float_outputs(model) -> int:
+    """Remove the Q->DQ round trip in front of graph outputs (the logits), in place.
+
+    ORT quantizes a Gemm's output like any other activation; on the logits that rounds close
+    scores to the same int8 level and flips top-1 for no speed gain (the int8 GEMM still runs,
+    with a float result). Returns how many outputs were restored to float."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    restored = 0
+    for output in graph.output:
+        dq = producers.get(output.name)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = producers.get(q.input[0])
+        consumers = [n for n in graph.node if q.input[0] in n.input and n is not q]
+        if source is None or consumers:
+            continue
+        source.output[list(source.output).index(q.input[0])] = output.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+        restored += 1
+    return restored
 
 
 def _constants(graph) -> dict:
@@ -183,11 +212,13 @@ def _check_placement(graph, constants: dict) -> list[str]:
                 continue
             scale = constants.get(source.input[1])
             if position == 2:
-                problems.append(f"{node.op_type} {node.name!r}: bias is quantized (int32 DQ); TensorRT needs a float bias")
+                problems.append(f"{node.op_type} {node.name!r}: bias is quantized (int32 DQ); "
+                                "TensorRT needs a float bias")
             elif source.input[0] in constants and scale is not None:
                 axis = next((a.i for a in source.attribute if a.name == "axis"), 1)
                 if np.ndim(scale) == 0 or scale.size == 1:
-                    problems.append(f"{node.op_type} {node.name!r}: weight is quantized per-tensor; expected per-channel")
+                    problems.append(f"{node.op_type} {node.name!r}: weight is quantized per-tensor; "
+                                    "expected per-channel")
                 elif axis != 0 and node.op_type == "Conv":
                     problems.append(f"{node.op_type} {node.name!r}: weight quantized on axis {axis}; expected axis 0")
     for node in graph.node:

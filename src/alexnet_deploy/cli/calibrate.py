@@ -120,7 +120,8 @@ def _print_outcome(console, report) -> None:
         summary += f"; kept in float: {', '.join(report.kept_float)}"
     console.print(summary)
     kernels = ", ".join(f"{k}×{v}" for k, v in report.int8_kernels.items()) or "none"
-    console.print(f"ORT CPU int8 kernels: {kernels}; calibration took {report.timings.get('calibration_seconds', 0):.1f} s"
+    seconds = report.timings.get("calibration_seconds", 0)
+    console.print(f"ORT CPU int8 kernels: {kernels}; calibration took {seconds:.1f} s"
                   f" (total {report.timings.get('total', 0):.1f} s)")
     for note in report.notes:
         console.print(f"note: {note}")

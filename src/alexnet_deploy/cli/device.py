@@ -42,6 +42,8 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
     Each build runs in a child process; on out-of-memory it is retried with a smaller workspace and a
     lower optimization level. Engines are recorded in manifest.json (kind trt-plan).
     """
+    from rich.markup import escape
+
     from alexnet_deploy.deploy.engines import BuildOptions, build_engines
 
     chosen = [p for p, on in zip(_PRECISIONS, (want_fp32, want_fp16, want_int8)) if on] or ["fp32"]
@@ -51,7 +53,7 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
     start = time.monotonic()
     with console.status("probing TensorRT and the GPU…") as status:
         def on_event(event) -> None:
-            line = f"[{event.precision or 'device'}] {event.message}"
+            line = escape(f"[{event.precision or 'device'}] {event.message}")
             if event.kind in ("probe", "cached", "built", "oom", "stale"):
                 console.print(line)
             status.update(f"{line}  ({time.monotonic() - start:.0f} s)")
@@ -78,11 +80,15 @@ def _print_engines(console, results) -> None:
               help="Backend to run the golden vectors on (repeatable): auto, ort, ort-cuda, trt, pt, ... [auto].")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(_PRECISIONS),
               help="Precision to check (repeatable) [every one the bundle has].")
-def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, ...]) -> None:
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the checks as JSON here.")
+def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, ...], json_out: Path | None) -> None:
     """Check BUNDLE (directory or .tar.gz): schema, checksums, manifest vs model, golden vectors.
 
     Exit code 1 when any check fails or no backend could run the golden vectors.
     """
+    import json
+
+    from alexnet_deploy.deploy.files import atomic_write_text
     from alexnet_deploy.deploy.verify import verify_bundle
 
     console = _console()
@@ -90,6 +96,8 @@ def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, .
         report = verify_bundle(bundle, backends=backends or ("auto",), precisions=precisions or None,
                                on_check=lambda c: status.update(f"{c.check} {c.target}: {c.status}"))
     _print_report(console, report)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
     if not report.ok:
         console.print(f"[bold red]{report.bundle}: verification FAILED[/]")
         raise SystemExit(1)
@@ -101,7 +109,7 @@ def _print_report(console, report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    wide = console.width >= 110
+    wide = console.width >= 150
     table = Table(title=f"verify {report.bundle}", show_lines=False)
     for column in ("check", "target", "result", "agree", "cosine", "max|Δ|"):
         table.add_column(column, no_wrap=True)

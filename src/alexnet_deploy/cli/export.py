@@ -31,12 +31,18 @@ def _summary(manifest, out: Path, seconds: float) -> None:
     for item in manifest.export.get("fp16", {}).get("kept_fp32", []):
         console.print(f"[yellow]fp16 overflow guard kept {escape(item['node'])} ({item['op_type']}) in fp32: "
                       f"{escape(item['reason'])}")
+    calibration = manifest.calibration
+    if manifest.artifact("int8") is not None and calibration:
+        console.print(f"int8: {calibration.get('method')} calibration on {calibration.get('num_images')} images "
+                      f"(report: {calibration.get('report')})")
     engines = manifest.export.get("engines", {})
     if engines.get("status") == "built":
         console.print(f"TensorRT engines: {', '.join(engines['engines'])}")
     else:
-        console.print(f"[yellow]TensorRT engines skipped ({escape(str(engines.get('reason')))}).[/] "
-                      f"Build them on the target with:\n  {escape(str(engines.get('command')))}")
+        console.print(f"[yellow]TensorRT engines {engines.get('status')} ({escape(str(engines.get('reason')))}).[/] "
+                      "Build them on the target with:")
+        # Plain and unwrapped, so the command can be copied as is.
+        click.echo(f"  {engines.get('command')}")
 
 
 @cli.command()

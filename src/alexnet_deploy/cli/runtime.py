@@ -15,6 +15,13 @@ from alexnet_deploy.cli import cli
 _PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def _console():
+    from rich.console import Console
+
+    # Piped output (CI logs, files) gets a wide console so tables are not folded into stubs.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 def _fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
@@ -87,7 +94,7 @@ def _run_with_progress(bundle, config):
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="Labelled image folder (class sub-folders named like the bundle's classes) for accuracy.")
 @click.option("--backend", "backends", multiple=True,
-              help="pt, ort (=ort-cpu), ort-cuda, ort-tensorrt, trt; repeat for several. Default: all.")
+              help="pt, ort (=ort-cpu), ov, ort-cuda, ort-tensorrt, trt; repeat for several. Default: all.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(_PRECISIONS),
               help="Repeat for several. Default: fp32, fp16, int8.")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
@@ -108,8 +115,6 @@ def _run_with_progress(bundle, config):
 def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_time_s, end_to_end, threads,
           checkpoint, max_images, json_path, csv_path, plot_dir) -> None:
     """Latency (p50/p90/p99, throughput) and accuracy of every backend x precision x batch of BUNDLE."""
-    from rich.console import Console
-
     from alexnet_deploy.deploy import bench as lib
 
     config = lib.BenchConfig(backends=tuple(backends) or lib.DEFAULT_BACKENDS,
@@ -117,15 +122,17 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
                              warmup_s=warmup_s, min_iters=min_iters, min_time_s=min_time_s, end_to_end=end_to_end,
                              threads=threads, checkpoint=checkpoint, data=data, max_images=max_images)
     report = _run_with_progress(bundle, config)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = _console()
     table, reasons = _bench_table(report, _reference_lookup(report.rows))
     console.print(table)
     for number, reason in enumerate(reasons, 1):
         console.print(f"[{number}] {reason}", markup=False, highlight=False)
     _print_notes(console, report)
-    for path in ([lib.write_json(report, json_path)] if json_path else []) + \
-                ([lib.write_csv(report.rows, csv_path)] if csv_path else []) + \
-                (lib.write_plots(report, plot_dir) if plot_dir else []):
+    if json_path:
+        console.print(f"wrote {lib.write_json(report, json_path)}")
+    if csv_path:
+        console.print(f"wrote {lib.write_csv(report.rows, csv_path)}")
+    for path in lib.write_plots(report, plot_dir) if plot_dir else []:
         console.print(f"wrote {path}")
 
 
@@ -134,7 +141,10 @@ def _print_notes(console, report) -> None:
     reference = next((r.reference for r in report.rows if r.reference), None)
     images = next((r.n_images for r in ok if r.n_images), None)
     if reference:
-        console.print(f"agreement and max|Δ| are against {reference}" + (f" on {images} images" if images else ""))
+        console.print(f"agreement, flips and max|Δ| are against {reference}" +
+                      (f" on {images} images" if images else ""))
+    if any(r.backend == "pt" and r.status == "ok" for r in report.rows):
+        console.print("×pt = pt fp32 p50 / row p50 at the same batch (higher is faster)")
     if not ok:
         console.print("[red]no backend could run[/]: see the status column")
     seen = set()
@@ -157,7 +167,6 @@ def _print_notes(console, report) -> None:
               help="Fail when a row's top-1 drops by more than this many points.")
 def bench_diff(old, new, max_latency_regress, max_acc_drop) -> None:
     """Compare two bench JSONs row by row (backend, precision, batch); exit 1 on a regression."""
-    from rich.console import Console
     from rich.table import Table
 
     from alexnet_deploy.deploy.bench import read_report
@@ -174,9 +183,12 @@ def bench_diff(old, new, max_latency_regress, max_acc_drop) -> None:
         table.add_row(d.key[0], d.key[1], str(d.key[2]), _fmt(d.old_p50_ms), _fmt(d.new_p50_ms),
                       _fmt(d.latency_change_pct, "+.1f"), _fmt(d.old_top1, ".2f", 100), _fmt(d.new_top1, ".2f", 100),
                       _fmt(d.top1_change_pts, "+.2f"), verdict)
-    console = Console()
+    console = _console()
     console.print(table)
     failed = [d for d in diffs if d.regressions]
+    for d in failed:
+        console.print(f"regression {d.key[0]} {d.key[1]} batch {d.key[2]}: {'; '.join(d.regressions)}",
+                      markup=False, highlight=False)
     if failed:
         console.print(f"[red]{len(failed)} regression(s)[/] (thresholds: p50 +{max_latency_regress:g}%, "
                       f"top-1 -{max_acc_drop:g} pts)")

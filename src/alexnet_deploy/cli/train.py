@@ -21,7 +21,7 @@ def _train_options(func):
         click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/train)."),
         click.option("--arch", type=_CHOICE_ARCH, help="alexnet2012 (paper, LRN) or torchvision (default alexnet2012)."),
         click.option("--epochs", type=int, help="Epochs (default 5)."),
-        click.option("--batch-size", type=int, help="Batch size per process (default 64)."),
+        click.option("--batch-size", type=int, help="Batch size per process (default 128)."),
         click.option("--lr", type=float, help="Peak learning rate (default: the recipe's)."),
         click.option("--image-size", type=int, help="Crop size, 63..512 (default 227 alexnet2012, 224 torchvision)."),
         click.option("--resize", type=int, help="Shorter side before cropping (default image-size*256/224)."),
@@ -102,7 +102,9 @@ def _print_predictions(results, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("image", "class", "probability")
+    table = Table("class", "probability")
+    table.add_column("image", overflow="fold")
+    table.columns.insert(0, table.columns.pop())
     for result in results:
         for rank, (name, prob) in enumerate(result.top):
             table.add_row(result.path if rank == 0 else "", name, f"{prob:.4f}")
@@ -141,6 +143,20 @@ class RichTrainProgress:
         speed = task.speed
         loss = f"loss {info['loss']:.3f}" if "loss" in info else ""
         self.bar.update(self.task, advance=images, rate=f"{speed:.0f} img/s" if speed else "", loss=loss)
+        if not self.console.is_terminal:
+            self._plain_line(task, loss)
+
+    def _plain_line(self, task, loss: str) -> None:
+        """Without a terminal (nohup, CI logs) rich draws nothing live: print a line every 60 s."""
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_last_line", 0.0) < 60 or not task.speed:
+            return
+        self._last_line = now
+        eta = (task.total - task.completed) / task.speed if task.total else 0
+        self.console.print(f"{task.description}: {task.completed:.0f}/{task.total:.0f} images, "
+                           f"{task.speed:.0f} img/s, {loss}, ETA {eta / 60:.1f} min")
 
     def epoch_end(self, row: dict) -> None:
         self.rows.append(row)

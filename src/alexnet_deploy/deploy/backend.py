@@ -34,6 +34,7 @@ BACKENDS: dict[str, str] = {
     "pt": "alexnet_deploy.deploy.backends.pt:PtBackend",
     "ort": "alexnet_deploy.deploy.backends.ort:OrtBackend",
     "trt": "alexnet_deploy.deploy.backends.trt:TrtBackend",
+    "ov": "alexnet_deploy.deploy.backends.ov:OvBackend",
 }
 
 # Shorthands that pick a backend plus an option, e.g. "ort-cuda" = ort with provider="cuda".
@@ -174,12 +175,16 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
-    """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt").
+    """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt", "ov").
 
     ``options`` go to the backend: ``threads``, ``provider`` (ort), ``checkpoint`` (pt). With
     "auto", the first of trt > ort-cuda > ort-cpu that can run here wins; if none can, the error
     lists every reason.
     """
+    if Path(bundle).is_file():   # a packed bundle (.tar.gz): extracted safely, once, into the cache
+        from alexnet_deploy.deploy.pack import open_bundle
+
+        bundle = open_bundle(bundle)
     manifest = read_manifest(bundle)
     names: Sequence[str] = AUTO_ORDER if backend == "auto" else (backend,)
     reasons = []

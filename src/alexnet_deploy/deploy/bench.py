@@ -40,7 +40,7 @@ from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataEr
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ort-cuda", "ort-tensorrt", "trt")
+DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ov", "ort-cuda", "ort-tensorrt", "trt")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # trtexec warns above 2.5 % on a GPU with locked clocks; a shared CPU is noisier, so 10 %.
 CV_WARN = 0.10

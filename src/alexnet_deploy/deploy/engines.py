@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,16 +147,15 @@ def source_onnx(manifest: Manifest, precision: str) -> Artifact:
 def engine_key(manifest: Manifest, precision: str, device: DeviceInfo, *, max_batch: int | None = None,
                dla_core: int | None = None, version_compatible: bool = False) -> EngineKey:
     """The cache key for building ``precision`` from this bundle on ``device``."""
-    onnx = source_onnx(manifest, precision)
     routed = device.routes.get(precision)
-    if routed and routed != onnx.file:
-        onnx = next((a for a in manifest.artifacts if a.file == routed and a.kind == "onnx"), onnx)
+    onnx = next((a for a in manifest.artifacts if a.kind == "onnx" and a.file == routed), None) \
+        or source_onnx(manifest, precision)
     batch = max_batch or manifest.max_batch
     if batch < 1:
         raise ExportError(f"--max-batch {batch}: must be >= 1")
     chw = tuple(manifest.input.shape[1:])
-    # DLA has no dynamic shapes: min = opt = max.
-    low, opt = (batch, batch) if dla_core is not None else (1, max(1, min(8, batch)))
+    # DLA has no dynamic shapes: min = opt = max. Otherwise opt = max/2, export.tensorrt's default.
+    low, opt = (batch, batch) if dla_core is not None else (1, max(1, batch // 2))
     profile = ((low, *chw), (opt, *chw), (batch, *chw))
     return EngineKey(onnx_file=onnx.file, onnx_sha256=onnx.sha256, trt_version=device.trt_version,
                      gpu_name=device.gpu_name, compute_capability=device.compute_capability, precision=precision,
@@ -176,7 +176,9 @@ def find_cached(bundle: str | os.PathLike, manifest: Manifest, key: EngineKey) -
     if match is None:
         if not plans:
             return None, "no engine yet"
-        recorded = plans[-1].built_with.get("key") or {}
+        recorded = plans[-1].built_with.get("key")
+        if not recorded:
+            return None, f"stale: {plans[-1].file} has no cache record (built outside build-engine)"
         return None, "stale: " + ("; ".join(key_differences(recorded, key)) or "cache key changed")
     try:
         verify_artifact(bundle, match)
@@ -229,18 +231,24 @@ def _run_child(args: Sequence[str], env: dict[str, str], timeout_s: float | None
     result: dict = {}
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env))
-        start = time.monotonic()
-        for line in proc.stdout:   # one JSON object per line; anything else is TensorRT chatter
-            event = _parse_line(line)
-            if event is None:
-                continue
-            if event.get("event") == "result":
-                result = event
-            elif on_line:
-                on_line(event)
-            if timeout_s and time.monotonic() - start > timeout_s:
+        # A hung child (a stuck driver, say) is killed; the parent reports it like any other failure.
+        timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
+        if timer:
+            timer.start()
+        try:
+            for line in proc.stdout:   # one JSON object per line; anything else is TensorRT chatter
+                event = _parse_line(line)
+                if event is not None and event.get("event") == "result":
+                    result = event
+                elif event is not None and on_line:
+                    on_line(event)
+            proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:   # interrupted (Ctrl-C): don't leave a build running
                 proc.kill()
-        proc.wait()
+                proc.wait()
         err.seek(0)
         tail = "\n".join(err.read().strip().splitlines()[-15:])
     return proc.returncode, result, tail
@@ -293,11 +301,14 @@ def _attempt_build(bundle: Path, key: EngineKey, attempt: Attempt, opts: BuildOp
     if code == 0 and result.get("ok"):
         return "ok", result
     message = result.get("error") or tail or f"build process exited with code {code}"
+    if result.get("error") and tail:   # TensorRT's own reason is in its log, not in the exception
+        message = f"{message} [log: {tail.splitlines()[-1][-300:]}]"
     if code < 0:
         message = f"the build process was killed by signal {-code} (likely out of memory). {tail[-300:]}"
     if code == UNAVAILABLE_EXIT_CODE:
         raise BackendUnavailable(f"cannot build TensorRT engines here: {message}. {INSTALL_HINT}")
-    return ("oom" if is_oom(code, message) else "error"), {"error": message}
+    # Real TensorRT logs its allocation failure (to stderr) and returns None: look at both.
+    return ("oom" if is_oom(code, f"{message}\n{tail}") else "error"), {"error": message}
 
 
 # --------------------------------------------------------------------------- the cache, end to end
@@ -312,8 +323,12 @@ class _BundleLock:
     def __enter__(self) -> "_BundleLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a+")
+        except OSError as exc:
+            raise BundleError(f"{self.path.parent}: cannot write engines into the bundle ({exc}); "
+                              "unpack or copy it to a writable directory") from exc
         fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
 
@@ -366,10 +381,11 @@ def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions 
     bundle = Path(bundle)
     emit = on_event or (lambda event: log.info("%s %s: %s", event.precision, event.kind, event.message))
     manifest = read_manifest(bundle)
-    verify_artifact(bundle, source_onnx(manifest, precision))
     device = device or probe_device(opts.env, bundle)
     key = engine_key(manifest, precision, device, max_batch=opts.max_batch, dla_core=opts.dla_core,
                      version_compatible=opts.version_compatible)
+    # A tampered source is refused here, by name, before any cache decision or build.
+    verify_artifact(bundle, next(a for a in manifest.artifacts if a.file == key.onnx_file))
     with _BundleLock(bundle):
         manifest = read_manifest(bundle)
         cached, reason = (None, "--force") if opts.force else find_cached(bundle, manifest, key)

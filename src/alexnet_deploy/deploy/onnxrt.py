@@ -25,13 +25,36 @@ def import_ort():
     return ort
 
 
-def session_options(threads: int | None = None, optimized_model_path: str | None = None):
-    """SessionOptions with full graph optimization and ``threads`` intra-op threads (None = ORT default)."""
+# Session settings for the CPU provider, measured (not guessed) with
+# `benchmarks/cpu_latency.py --ort-tuning` on AlexNet-2012 at 227 px (fp32 and Q/DQ int8, batch 1
+# and 32, 2-core Zen 4): ORT_ENABLE_ALL is required for int8 speed (its QDQ -> QLinearConv/QGemm
+# fusions and NHWC layout run only at that level: BASIC/EXTENDED were 2-8x slower on int8);
+# ORT_PARALLEL execution was slower at every batch (AlexNet is a chain, there is nothing to run
+# side by side); the memory arena and memory-pattern planning are kept on (turning them off never
+# helped). Spinning: see ALLOW_SPINNING.
+#
+# ORT's worker threads busy-wait ("spin") after each run by default. With other processes on the
+# cores (any real device: camera capture, preprocessing threads; a shared CI box) that stole the
+# cores from whoever needed them: batch-1 p50 with spinning off vs on, same run, 2 threads under
+# load: fp32 26.0 vs 49.5 ms, int8 17.6 vs 35.0 ms. So it is off by default.
+ALLOW_SPINNING = False
+
+
+def session_options(threads: int | None = None, optimized_model_path: str | None = None, *,
+                    spinning: bool | None = None):
+    """SessionOptions with the measured CPU settings above and ``threads`` intra-op threads
+    (None = ORT's default, one per physical core). ``spinning=False`` stops idle worker threads
+    from busy-waiting between runs (None = ALLOW_SPINNING)."""
     ort = import_ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not (ALLOW_SPINNING if spinning is None else spinning):
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         options.optimized_model_filepath = str(optimized_model_path)
     options.log_severity_level = 3

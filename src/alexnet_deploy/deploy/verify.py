@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +77,10 @@ class VerifyReport:
 
     bundle: Path
     checks: tuple[Check, ...]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (``verify --json``)."""
+        return {"bundle": str(self.bundle), "ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
     @property
     def ok(self) -> bool:
@@ -174,17 +178,69 @@ def check_raw_preprocessing(reference: Reference, spec: PreprocessSpec) -> Check
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What an ONNX file says about itself: I/O names and shapes (batch dim dropped), metadata_props."""
+    """What an ONNX file says about itself: I/O names and shapes (batch dim dropped; None when
+    neither onnxruntime nor onnx is installed to read them) and its metadata_props."""
 
-    input_name: str
+    input_name: str | None
     input_shape: tuple
-    output_name: str
+    output_name: str | None
     output_shape: tuple
     metadata: dict[str, str]
 
 
-def read_model_facts(path: Path) -> ModelFacts:
-    """Read I/O and metadata with ONNX Runtime (no graph optimization), else the onnx package."""
+def _varint(fh) -> int:
+    value = shift = 0
+    while True:
+        byte = fh.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+
+
+def onnx_metadata_props(path: Path) -> dict[str, str]:
+    """``ModelProto.metadata_props`` (field 14) read straight from the protobuf wire format.
+
+    Only the top level is walked and every other field is skipped by its length, so this reads a
+    few bytes of a 250 MB model and needs neither onnx nor onnxruntime (a TensorRT-only Jetson)."""
+    props: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        end = os.fstat(fh.fileno()).st_size
+        while fh.tell() < end:
+            key = _varint(fh)
+            field_no, wire = key >> 3, key & 7
+            if wire == 0:
+                _varint(fh)
+            elif wire in (1, 5):
+                fh.seek(8 if wire == 1 else 4, 1)
+            elif wire == 2:
+                size = _varint(fh)
+                if field_no == 14:   # StringStringEntryProto {1: key, 2: value}
+                    entry = _entry(fh.read(size))
+                    props[entry.get(1, "")] = entry.get(2, "")
+                else:
+                    fh.seek(size, 1)
+            else:
+                raise ValueError(f"unexpected protobuf wire type {wire}; not an ONNX model")
+    return props
+
+
+def _entry(data: bytes) -> dict[int, str]:
+    import io
+
+    fields, buf = {}, io.BytesIO(data)
+    while buf.tell() < len(data):
+        key = _varint(buf)
+        if key & 7 != 2:
+            raise ValueError("malformed metadata entry")
+        fields[key >> 3] = buf.read(_varint(buf)).decode("utf-8", errors="replace")
+    return fields
+
+
+def _model_io(path: Path) -> tuple:
+    """(input name, input dims, output name, output dims) via onnxruntime or onnx, else Nones."""
     try:
         from alexnet_deploy.deploy.onnxrt import import_ort
 
@@ -193,23 +249,26 @@ def read_model_facts(path: Path) -> ModelFacts:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         i, o = session.get_inputs()[0], session.get_outputs()[0]
-        return ModelFacts(i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:]),
-                          dict(session.get_modelmeta().custom_metadata_map))
+        return i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:])
     except BackendUnavailable:
         pass
     try:
         import onnx
-    except ImportError as exc:
-        raise BackendUnavailable("neither onnxruntime nor onnx is installed to read the model's metadata") from exc
-    model = onnx.load(str(path))
+    except ImportError:
+        return None, (), None, ()
+    graph = onnx.load(str(path)).graph
 
     def dims(value) -> tuple:
         return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim)
 
-    inits = {t.name for t in model.graph.initializer}
-    inp = next(v for v in model.graph.input if v.name not in inits)
-    out = model.graph.output[0]
-    return ModelFacts(inp.name, dims(inp)[1:], out.name, dims(out)[1:], {p.key: p.value for p in model.metadata_props})
+    inits = {t.name for t in graph.initializer}
+    inp = next(v for v in graph.input if v.name not in inits)
+    return inp.name, dims(inp)[1:], graph.output[0].name, dims(graph.output[0])[1:]
+
+
+def read_model_facts(path: Path) -> ModelFacts:
+    """I/O and metadata of an ONNX file (see ModelFacts)."""
+    return ModelFacts(*_model_io(path), metadata=onnx_metadata_props(path))
 
 
 def manifest_mismatches(manifest: Manifest, facts: ModelFacts) -> list[str]:
@@ -217,6 +276,8 @@ def manifest_mismatches(manifest: Manifest, facts: ModelFacts) -> list[str]:
     problems = []
     for which, spec, name, shape in (("input", manifest.input, facts.input_name, facts.input_shape),
                                      ("output", manifest.output, facts.output_name, facts.output_shape)):
+        if name is None:
+            continue
         if spec.name != name:
             problems.append(f"{which} name {spec.name!r} but the model's is {name!r}")
         if tuple(spec.shape[1:]) != tuple(shape):
@@ -232,23 +293,31 @@ def manifest_mismatches(manifest: Manifest, facts: ModelFacts) -> list[str]:
     return problems
 
 
-def check_model_metadata(bundle: Path, manifest: Manifest) -> Check:
-    """The manifest against the fp32 ONNX it lists (the model file is covered by its sha256)."""
-    artifact = manifest.artifact("fp32", "onnx") or next((a for a in manifest.artifacts if a.kind == "onnx"), None)
-    if artifact is None:
-        return Check("model metadata", "-", SKIP, "no ONNX model in the bundle")
+def check_model_metadata(bundle: Path, manifest: Manifest) -> list[Check]:
+    """The manifest against each ONNX it lists (the models are covered by their sha256): the
+    classes and preprocessing stored in every model, and the fp32 model's I/O names and shapes."""
+    onnx_files = [a for a in manifest.artifacts if a.kind == "onnx"]
+    onnx_files.sort(key=lambda a: a.precision != "fp32")   # the fp32 model first: its I/O is read
+    if not onnx_files:
+        return [Check("model metadata", "-", SKIP, "no ONNX model in the bundle")]
+    return [_check_one_model(bundle, manifest, artifact, with_io=i == 0) for i, artifact in enumerate(onnx_files)]
+
+
+def _check_one_model(bundle: Path, manifest: Manifest, artifact, with_io: bool) -> Check:
     try:
-        facts = read_model_facts(bundle / artifact.file)
+        path = bundle / artifact.file
+        facts = read_model_facts(path) if with_io else ModelFacts(None, (), None, (), onnx_metadata_props(path))
         problems = manifest_mismatches(manifest, facts)
-    except BackendUnavailable as exc:
-        return Check("model metadata", artifact.file, SKIP, str(exc))
-    except (AlexNetDeployError, ValueError, KeyError, TypeError) as exc:
+    except (AlexNetDeployError, OSError, ValueError, KeyError, TypeError) as exc:
         return Check("model metadata", artifact.file, FAIL, f"cannot compare with the manifest: {exc}")
     if problems:
         return Check("model metadata", artifact.file, FAIL, "manifest.json was edited: " + "; ".join(problems))
-    missing = [k for k in ("classes", "preprocess") if k not in facts.metadata]
-    detail = "I/O names and shapes" + ("" if missing else ", classes and preprocessing") + " match the manifest"
-    return Check("model metadata", artifact.file, PASS, detail + (f" (model stores no {missing})" if missing else ""))
+    checked = (["I/O names and shapes"] if facts.input_name is not None else []) + [
+        k for k in ("classes", "preprocess") if k in facts.metadata]
+    if not checked:
+        return Check("model metadata", artifact.file, SKIP, "the model stores no classes/preprocess metadata"
+                     + (" and neither onnxruntime nor onnx is installed to read its I/O" if with_io else ""))
+    return Check("model metadata", artifact.file, PASS, f"{', '.join(checked)} match the manifest")
 
 
 # --------------------------------------------------------------------------- golden vectors
@@ -311,6 +380,11 @@ def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",)
                   on_check: Callable[[Check], None] | None = None) -> VerifyReport:
     """Check a bundle directory or packed archive; every check becomes a row (see module docstring)."""
     thresholds = {**THRESHOLDS, **(thresholds or {})}
+    unknown = [p for p in precisions or () if p not in thresholds]
+    if unknown:
+        raise AlexNetDeployError(f"--precision {unknown[0]!r}: expected one of {sorted(thresholds)}")
+    if not Path(source).exists():
+        raise BundleError(f"{source}: not found; expected a bundle directory or a .tar.gz made by `alexnet-deploy pack`")
     checks: list[Check] = []
 
     def add(check: Check) -> None:
@@ -320,28 +394,31 @@ def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",)
     bundle, opened = _open(Path(source))
     if opened:
         add(opened)
-    if bundle is None:
-        return VerifyReport(Path(source), tuple(checks))
+    if bundle is not None:
+        for check in _bundle_checks(bundle, backends, precisions, thresholds):
+            add(check)
+    return VerifyReport(bundle or Path(source), tuple(checks))
+
+
+def _bundle_checks(bundle: Path, backends: Sequence[str], precisions: Sequence[str] | None,
+                   thresholds: dict[str, Threshold]) -> Iterator[Check]:
+    """The checks in order; stops early when what follows cannot be trusted (no manifest, no reference)."""
     try:
         manifest = read_manifest(bundle)
-    except (BundleError, AlexNetDeployError) as exc:
-        add(Check("manifest", "manifest.json", FAIL, str(exc)))
-        return VerifyReport(bundle, tuple(checks))
-    add(Check("manifest", "manifest.json", PASS, f"schema {manifest.schema}, {len(manifest.classes)} classes, "
-              f"{len(manifest.artifacts)} artifacts, paths inside the bundle"))
-    for check in _artifact_checks(bundle, manifest):
-        add(check)
-    add(check_model_metadata(bundle, manifest))
+    except AlexNetDeployError as exc:
+        yield Check("manifest", "manifest.json", FAIL, str(exc))
+        return
+    yield Check("manifest", "manifest.json", PASS, f"schema {manifest.schema}, {len(manifest.classes)} classes, "
+                f"{len(manifest.artifacts)} artifacts, paths inside the bundle")
+    yield from _artifact_checks(bundle, manifest)
+    yield from check_model_metadata(bundle, manifest)
     try:
         reference = load_reference(bundle, manifest)
     except BundleError as exc:
-        add(Check("golden", REFERENCE_FILE, FAIL, str(exc)))
-        return VerifyReport(bundle, tuple(checks))
-    add(check_raw_preprocessing(reference, manifest.preprocess))
+        yield Check("golden", REFERENCE_FILE, FAIL, str(exc))
+        return
+    yield check_raw_preprocessing(reference, manifest.preprocess)
     for backend in backends:
         for precision in precisions or _default_precisions(manifest):
-            if precision not in thresholds:
-                raise AlexNetDeployError(f"--precision {precision!r}: expected one of {sorted(thresholds)}")
-            add(run_golden(bundle, reference, backend, precision, thresholds=thresholds,
-                           explicit=backend != "auto" and precisions is not None))
-    return VerifyReport(bundle, tuple(checks))
+            yield run_golden(bundle, reference, backend, precision, thresholds=thresholds,
+                             explicit=backend != "auto" and precisions is not None)

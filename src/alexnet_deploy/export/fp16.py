@@ -103,6 +103,47 @@ def _name_nodes(model) -> None:
             node.name = f"{node.op_type}_{index}"
 
 
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def fold_cast_round_trips(model, blocked: set[str]) -> int:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs between fp32 (blocked) nodes; returns how many.
+
+    The converter casts every blocked node's output to fp16 and back before the next blocked node,
+    so a run of blocked nodes would still squeeze an overflowing tensor through fp16 (-> inf).
+    """
+    import onnx
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            users.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+    dropped, folded = set(), 0
+    for node in list(graph.node):
+        first = producer.get(node.input[0]) if _cast_to(node) == onnx.TensorProto.FLOAT else None
+        origin = producer.get(first.input[0]) if first is not None and _cast_to(first) == onnx.TensorProto.FLOAT16 else None
+        if origin is None or origin.name not in blocked or node.output[0] in outputs:
+            continue
+        for user in users.get(node.output[0], []):
+            user.input[:] = [first.input[0] if i == node.output[0] else i for i in user.input]
+        dropped.add(id(node))
+        folded += 1
+        if all(id(u) in dropped for u in users.get(first.output[0], [])) and first.output[0] not in outputs:
+            dropped.add(id(first))
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    live = {t for n in kept for t in [*n.input, *n.output]}
+    stale = [v for v in graph.value_info if v.name not in live]
+    for v in stale:
+        graph.value_info.remove(v)
+    return folded
+
+
 def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: np.ndarray,
             fp32_logits: np.ndarray, *, margin: float = DEFAULT_MARGIN,
             tol: parity.Tolerance = parity.FP16) -> Fp16Result:
@@ -121,6 +162,7 @@ def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: n
     for item in kept:
         log.warning("fp16: keeping node %s (%s) in fp32: %s", item.node, item.op_type, item.reason)
     fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=[k.node for k in kept])
+    fold_cast_round_trips(fp16, {k.node for k in kept})
     with atomic_path(out_path) as tmp:
         onnx.save_model(fp16, str(tmp))
         from alexnet_deploy.export.onnx import ort_logits

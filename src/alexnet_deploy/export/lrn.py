@@ -4,20 +4,26 @@ AlexNet-2012's local response normalisation is the CPU hot spot: ONNX Runtime's 
 the exporter's Pad/AveragePool/Pow decomposition are both slow (DESIGN §5). This module replaces
 each ``LRN`` node of an exported graph by plain ops that every backend has fast kernels for::
 
-    d = bias + alpha/size * sum_{c' in window(c)} x[c']^2     (x*x, then a fixed banded 1x1 Conv)
-    y = x * d^-beta                                             (beta = 0.75: sqrt chain, see below)
+    s = x * sqrt(alpha/size)                                  (scale first: see below)
+    d = bias + sum_{c' in window(c)} s[c']^2                  (s*s, then a fixed banded 1x1 Conv of ones)
+    y = x * d^-beta                                           (beta = 0.75: sqrt chain, see below)
 
 The cross-channel window follows the ONNX definition (``c - floor((size-1)/2) .. c +
 ceil((size-1)/2)``, zero outside), which for odd sizes is PyTorch's ``nn.LocalResponseNorm``.
 ``d^-0.75`` is computed as ``x / (sqrt(d) * sqrt(sqrt(d)))``: two vectorised square roots instead of
-``Pow``, which ONNX Runtime evaluates with scalar ``std::pow``.
+``Pow``, which ONNX Runtime evaluates with scalar ``std::pow``. Scaling before squaring keeps every
+intermediate tensor as small as ``x`` itself (``x*x`` would pass fp16's 65504 at |x| > 256, and an
+fp16 overflow guard that keeps single nodes in fp32 would then split the LRN), and makes the band
+weights exactly 1.0, which fp16 and int8 represent exactly (``alpha/size`` = 2e-5 is subnormal in
+fp16).
 
-It works on the graph, not on the torch module, so it needs no torch (it runs on fp32 exports, on
-the fp16 artifact and on a Q/DQ int8 model alike); export/onnx.py calls it after exporting native
-``LRN`` nodes (export/torch_lrn.py) when the formulation is "conv". Every node and initializer it creates is named ``lrn_conv/<n>/...`` (see
-:func:`rewritten_node_names`), so the INT8 quantizer can keep them in float: the band weights are
-``alpha/size`` (2e-5) beside a bias of 2, far below int8 resolution. In an fp16 graph the new nodes
-compute in fp32 between two ``Cast`` nodes, because ``x*x`` overflows fp16 for activations > 256.
+It works on the graph, not on the torch module, so it needs no torch and runs on an fp32 export,
+on the fp16 artifact and on a Q/DQ int8 model alike; export/onnx.py calls it after exporting native
+``LRN`` nodes (export/torch_lrn.py) when the formulation is "conv". Every node and initializer it
+adds is named ``lrn_conv/<n>/...`` (:func:`rewritten_node_names`) so that the INT8 quantizer can keep
+them in float: the LRN's correction (d - bias is ~1e-4 of d on real activations) is far below int8
+resolution. In an fp16 graph the new nodes compute in fp32 between two ``Cast`` nodes, so the fp16
+artifact's LRN gives the fp32 model's numbers.
 """
 
 from __future__ import annotations
@@ -90,13 +96,13 @@ def lrn_formulation(model) -> str:
     return "conv-pow" if any(name.endswith("/pow") for name in names) else "conv"
 
 
-def band_weights(channels: int, size: int, alpha: float) -> np.ndarray:
-    """The (C, C, 1, 1) float32 weight of the 1x1 conv that computes ``alpha/size * window sum``."""
+def band_weights(channels: int, size: int) -> np.ndarray:
+    """The (C, C, 1, 1) float32 weight of the 1x1 conv that sums each channel's LRN window (ones on the band)."""
     below, above = (size - 1) // 2, size - 1 - (size - 1) // 2  # ONNX: floor before, ceil after
     index = np.arange(channels)
     offset = index[None, :] - index[:, None]  # [out, in] -> in - out
     band = ((offset >= -below) & (offset <= above)).astype(np.float32)
-    return (band * np.float32(alpha / size)).reshape(channels, channels, 1, 1)
+    return band.reshape(channels, channels, 1, 1)
 
 
 def _is_lrn(node) -> bool:
@@ -144,13 +150,15 @@ def _expand(onnx, node, tensor_types, prefix: str, formulation: str):
     if elem not in (TP.FLOAT, TP.FLOAT16):
         raise ExportError(f"LRN node {node.name or node.output[0]!r}: input type "
                           f"{TP.DataType.Name(elem)} is not float or float16")
-    inits = [onnx.numpy_helper.from_array(band_weights(channels, size, alpha), prefix + "band_weight"),
+    inits = [onnx.numpy_helper.from_array(np.array(np.sqrt(alpha / size), np.float32), prefix + "scale"),
+             onnx.numpy_helper.from_array(band_weights(channels, size), prefix + "band_weight"),
              onnx.numpy_helper.from_array(np.full(channels, bias, np.float32), prefix + "band_bias")]
     x, nodes = node.input[0], []
-    if elem == TP.FLOAT16:  # compute in fp32: x*x overflows fp16 above 256
+    if elem == TP.FLOAT16:  # compute in fp32, exactly as the fp32 model does
         nodes.append(helper.make_node("Cast", [x], [prefix + "x32"], name=prefix + "cast_in", to=TP.FLOAT))
         x = prefix + "x32"
-    nodes.append(helper.make_node("Mul", [x, x], [prefix + "sq"], name=prefix + "square"))
+    nodes.append(helper.make_node("Mul", [x, prefix + "scale"], [prefix + "xs"], name=prefix + "prescale"))
+    nodes.append(helper.make_node("Mul", [prefix + "xs", prefix + "xs"], [prefix + "sq"], name=prefix + "square"))
     nodes.append(helper.make_node("Conv", [prefix + "sq", prefix + "band_weight", prefix + "band_bias"],
                                   [prefix + "d"], name=prefix + "band_sum", kernel_shape=[1, 1]))
     result = node.output[0] if elem == TP.FLOAT else prefix + "y32"
@@ -167,8 +175,8 @@ def _scale_by_power(onnx, x: str, d: str, out: str, beta: float, prefix: str, fo
     make = onnx.helper.make_node
     if formulation == "conv-pow" or beta not in (0.5, 0.75, 1.0):
         exponent = onnx.numpy_helper.from_array(np.array(-beta, np.float32), prefix + "neg_beta")
-        return [make("Pow", [d, prefix + "neg_beta"], [prefix + "scale"], name=prefix + "pow"),
-                make("Mul", [x, prefix + "scale"], [out], name=prefix + "apply")], [exponent]
+        return [make("Pow", [d, prefix + "neg_beta"], [prefix + "factor"], name=prefix + "pow"),
+                make("Mul", [x, prefix + "factor"], [out], name=prefix + "apply")], [exponent]
     if beta == 1.0:
         return [make("Div", [x, d], [out], name=prefix + "apply")], []
     nodes = [make("Sqrt", [d], [prefix + "sqrt"], name=prefix + "sqrt")]

@@ -28,7 +28,8 @@ from alexnet_deploy.export import parity
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18  # the lowest opset torch 2.14's dynamo exporter emits without a lossy down-conversion
+DEFAULT_OPSET = 18  # what torch 2.14's dynamo exporter emits natively; 17 (TensorRT 8.6) is converted down
+MIN_OPSET = 13  # LRN-13, dynamic Reshape/Gemm; older opsets are not worth supporting
 EXPORTER = "torch.onnx.export(dynamo=True)"
 MODEL_FILE, FP16_FILE, REFERENCE_FILE = "model.onnx", "model.fp16.onnx", "reference.npz"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -56,15 +57,32 @@ class ExportConfig:
     def validate(self) -> None:
         if self.max_batch < 1:
             raise ExportError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.opset < DEFAULT_OPSET:
-            raise ExportError(f"--opset {self.opset}: the dynamo exporter emits opset >= {DEFAULT_OPSET}; "
-                              f"pass --opset {DEFAULT_OPSET} or newer")
+        if self.opset < MIN_OPSET:
+            raise ExportError(f"--opset {self.opset}: alexnet-deploy exports opset {MIN_OPSET} or newer "
+                              f"(default {DEFAULT_OPSET}; 17 for TensorRT 8.6)")
         if self.int8 and self.calib_dir is None:
             raise ExportError("--int8 needs --calib DIR (a folder of representative images)")
         if self.verify_count < 1:
             raise ExportError(f"verify_count must be >= 1, got {self.verify_count}")
         if self.image_size is not None and self.image_size < 1:
             raise ExportError(f"--image-size must be positive, got {self.image_size}")
+        known = lrn_formulations()
+        if self.lrn not in known:
+            raise ExportError(f"--lrn {self.lrn}: unknown LRN formulation; expected one of {', '.join(known)}")
+
+
+def lrn_formulations() -> tuple[str, ...]:
+    """LRN formulations this install can export: torch-side ones, plus graph rewrites (export/lrn.py)."""
+    from alexnet_deploy.export.torch_lrn import FORMULATIONS
+
+    names = list(FORMULATIONS)
+    try:
+        from alexnet_deploy.export import lrn as graph_lrn
+
+        names += [n for n in getattr(graph_lrn, "FORMULATIONS", ()) if n not in names]
+    except ImportError:
+        pass
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class OnnxExport:
     model: Any  # onnx.ModelProto
     lrn_nodes: int
     simplified: bool
+    pools: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,9 +220,10 @@ def torch_forward(model, inputs: np.ndarray, image_size: int | None, batch: int 
 def export_onnx(model, image_size: int, cfg: ExportConfig, inputs: np.ndarray, torch_logits: np.ndarray,
                 metadata: dict[str, str]) -> OnnxExport:
     """Export, check and verify the fp32 ONNX against ``torch_logits``; optionally simplify (re-verified)."""
-    proto, lrn_count = _torch_export(model, image_size, cfg)
-    lrn_nodes = _check_graph(proto, cfg, lrn_count)
+    proto, lrn_count, pools = _torch_export(model, image_size, cfg)
+    _check_graph(proto, cfg, lrn_count)
     proto = _rewrite_lrn(proto, cfg.lrn)
+    lrn_nodes = sum(1 for n in proto.graph.node if n.op_type == "LRN")  # after any graph rewrite
     _set_metadata(proto, metadata)
     _full_check(proto, "exported model")
     result = parity.require(torch_logits, ort_logits(proto, inputs), parity.FP32,
@@ -222,15 +242,17 @@ def export_onnx(model, image_size: int, cfg: ExportConfig, inputs: np.ndarray, t
             else:
                 log.warning("onnxslim changed the model's outputs (%s); keeping the unsimplified export",
                             check.failure("simplified ONNX", parity.FP32))
-    return OnnxExport(model=proto, lrn_nodes=lrn_nodes, simplified=simplified, parity=report)
+    return OnnxExport(model=proto, lrn_nodes=lrn_nodes, simplified=simplified, parity=report, pools=tuple(pools))
 
 
 def _torch_export(model, image_size: int, cfg: ExportConfig):
     import torch
 
     from alexnet_deploy.export.torch_lrn import swap_lrn
+    from alexnet_deploy.export.torch_pool import fix_adaptive_pools
 
     export_model, lrn_count = swap_lrn(model, cfg.lrn, cfg.opset)
+    export_model, pools = fix_adaptive_pools(export_model, image_size)
     # Batch 2 in the example: torch.export specializes dimensions traced at size 0 or 1.
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=max(4096, cfg.max_batch))
@@ -243,15 +265,15 @@ def _torch_export(model, image_size: int, cfg: ExportConfig):
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise ExportError(f"{EXPORTER} failed at {image_size} px, opset {cfg.opset}: {first}") from exc
-    return program.model_proto, lrn_count
+    return program.model_proto, lrn_count, pools
 
 
-def _check_graph(proto, cfg: ExportConfig, lrn_modules: int) -> int:
+def _check_graph(proto, cfg: ExportConfig, lrn_modules: int) -> None:
     """The exporter's output must be what we asked for: opset, I/O names, dynamic batch, LRN nodes."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != cfg.opset:
         raise ExportError(f"--opset {cfg.opset}: the exporter produced opset {opset} instead (it could not "
-                          f"convert this model); pass --opset {opset}")
+                          f"convert this graph down); pass --opset {opset}")
     names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise ExportError(f"exported graph has inputs/outputs {names}; expected {INPUT_NAME!r} -> {OUTPUT_NAME!r}")
@@ -263,7 +285,6 @@ def _check_graph(proto, cfg: ExportConfig, lrn_modules: int) -> int:
     if lrn_nodes != expected:
         raise ExportError(f"LRN formulation {cfg.lrn!r}: expected {expected} ONNX LRN nodes for {lrn_modules} "
                           f"LocalResponseNorm layers, the exporter wrote {lrn_nodes}")
-    return lrn_nodes
 
 
 def _rewrite_lrn(proto, formulation: str):
@@ -272,15 +293,9 @@ def _rewrite_lrn(proto, formulation: str):
     if formulation in FORMULATIONS:
         return proto
     # Graph-level formulations (e.g. "conv") rewrite the native LRN nodes: export/lrn.py (issue 7).
-    try:
-        from alexnet_deploy.export.lrn import rewrite_lrn
-    except ImportError as exc:
-        raise ExportError(f"--lrn {formulation}: unknown LRN formulation; available: "
-                          f"{sorted(FORMULATIONS)}") from exc
-    try:
-        return rewrite_lrn(proto, formulation=formulation)
-    except (ValueError, KeyError) as exc:
-        raise ExportError(f"--lrn {formulation}: {exc}") from exc
+    from alexnet_deploy.export.lrn import rewrite_lrn
+
+    return rewrite_lrn(proto, formulation=formulation)
 
 
 def onnx_metadata(classes, spec: PreprocessSpec, arch: str, cfg: ExportConfig) -> dict[str, str]:
@@ -381,7 +396,7 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
                                      "fp32": fp32.parity}
     export_info: dict[str, Any] = {
         "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_nodes": fp32.lrn_nodes,
-        "simplified": fp32.simplified, "image_size": spec.crop, "max_batch": cfg.max_batch,
+        "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop, "max_batch": cfg.max_batch,
         "dynamic_batch": True, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if "fp16" in results:
         from alexnet_deploy.export import fp16 as fp16_mod

@@ -82,8 +82,29 @@ def sidecar_facts(recorded: dict) -> DeviceFacts:
     return DeviceFacts(str(version or "?"), str(gpu_name or "?"), str(cc or "?"))
 
 
-def find_engine(bundle: Path, manifest, precision: str, here: DeviceFacts) -> Path:
-    """The plan for ``precision`` whose recorded TensorRT/GPU match ``here``; refuses with the rebuild command."""
+# Cross-major loads a version-compatible plan supports (reference §4.1): TRT 8 VC plans on a TRT 10
+# runtime and TRT 10 VC plans on TRT 11; within a major version, any newer runtime.
+_VC_CROSS_MAJOR = {(8, 10), (10, 11)}
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split(".") + ["0", "0"])[:2]
+    return (int(parts[0]), int(parts[1])) if all(p.isdigit() for p in parts) else (-1, -1)
+
+
+def engine_runs_here(built: DeviceFacts, here: DeviceFacts, version_compatible: bool = False) -> bool:
+    """Same GPU and the exact TensorRT version; a version-compatible plan also loads on a newer one."""
+    if (built.gpu_name, built.compute_capability) != (here.gpu_name, here.compute_capability):
+        return False
+    if built.tensorrt_version == here.tensorrt_version:
+        return True
+    old, new = _major_minor(built.tensorrt_version), _major_minor(here.tensorrt_version)
+    return version_compatible and old <= new and (old[0] == new[0] or (old[0], new[0]) in _VC_CROSS_MAJOR)
+
+
+def find_engine(bundle: Path, manifest, precision: str, here: DeviceFacts) -> tuple[Path, bool]:
+    """(plan, version_compatible) for ``precision`` whose recorded TensorRT/GPU match ``here``;
+    refuses with the rebuild command."""
     rebuild = f"alexnet-deploy build-engine {bundle} --{precision}"
     listed = [a for a in manifest.artifacts if a.kind == "trt-plan" and a.precision == precision]
     plans = [safe_path(bundle, a.file) for a in listed]
@@ -95,9 +116,10 @@ def find_engine(bundle: Path, manifest, precision: str, here: DeviceFacts) -> Pa
     for plan in plans:
         artifact = next((a for a in listed if safe_path(bundle, a.file) == plan), None)
         sidecar = _read_sidecar(plan, required=artifact is None)
-        built = sidecar_facts(sidecar or artifact.built_with)
-        if built == here:
-            return verify_artifact(bundle, artifact) if artifact else _verify_plan(plan, sidecar)
+        recorded = sidecar or artifact.built_with
+        built, vc = sidecar_facts(recorded), bool(recorded.get("version_compatible"))
+        if engine_runs_here(built, here, vc):
+            return (verify_artifact(bundle, artifact) if artifact else _verify_plan(plan, sidecar)), vc
         mismatches.append(f"{plan.name} was built with TensorRT {built.tensorrt_version} on {built.gpu_name} "
                           f"(sm {built.compute_capability})")
     raise BackendUnavailable(f"{'; '.join(mismatches)}; this is TensorRT {here.tensorrt_version} on {here.gpu_name} "
@@ -157,21 +179,25 @@ class TrtBackend(Backend):
         self._buffers: dict[str, _Buffers] = {}
         self.stream = None
         here = device_facts(trt, cudart)
-        plan = find_engine(self.bundle, self.manifest, precision, here)
+        plan, version_compatible = find_engine(self.bundle, self.manifest, precision, here)
         self.model_bytes = plan.stat().st_size
-        self.engine = self._deserialize(plan)
+        self.engine = self._deserialize(plan, version_compatible)
         self.context = self.engine.create_execution_context()
         self._input, self._output = self._io_names()
         self._allocate()
         self.provider = f"TensorRT {here.tensorrt_version} on {here.gpu_name}"
 
-    def _deserialize(self, plan: Path):
+    def _deserialize(self, plan: Path, version_compatible: bool):
         trt = self.trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         try:
             runtime = trt.Runtime(self._logger)
         except TypeError as exc:  # pybind "factory function returned nullptr": CUDA could not start
             raise BackendUnavailable(f"TensorRT runtime could not start CUDA: {exc}") from exc
+        if version_compatible:
+            # A version-compatible plan embeds the lean runtime, which TensorRT runs only when host
+            # code is allowed; only plans whose sidecar says so (and whose checksum matched) get it.
+            runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
             raise BackendUnavailable(f"TensorRT refused {plan.name} (see its log above); rebuild it with "

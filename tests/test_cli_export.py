@@ -1,0 +1,95 @@
+"""`alexnet-deploy export` through the real CLI: a foreign state_dict exports; bad input gives one
+`Error:` line and exit 1 (usage errors exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from alexnet_deploy.cli import cli
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def torchvision_state_dict(tmp_path_factory) -> Path:
+    """torchvision's AlexNet (3 classes) saved as a plain state_dict from nn.DataParallel (`module.` keys)."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    state = {f"module.{k}": v for k, v in alexnet(num_classes=3).state_dict().items()}
+    path = tmp_path_factory.mktemp("tv") / "tv_dp.pth"
+    torch.save(state, path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), obj={})
+
+
+def one_error_line(result) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_torchvision_state_dict_with_module_prefix_exports(torchvision_state_dict: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
+                 "--num-classes", "3", "--image-size", "64", "--no-simplify", "--verify-count", "4")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["arch"] == "torchvision" and manifest["input"]["shape"] == [-1, 3, 64, 64]
+    assert manifest["export"]["lrn_nodes"] == 0 and manifest["parity"]["fp32"]["onnx_vs_torch"]["passed"]
+    assert manifest["classes"] == ["class_0", "class_1", "class_2"]
+    engines = manifest["export"]["engines"]
+    if engines["status"] == "skipped":
+        assert f"alexnet-deploy build-engine {out}" in result.stdout and "TensorRT engines skipped" in result.stdout
+    assert "model.onnx" in result.stdout
+
+
+def test_corrupt_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = run("export", str(bad), "--out", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert str(bad) in one_error_line(result) and "checkpoint" in one_error_line(result)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_wrong_class_count(torchvision_state_dict: Path, tmp_path: Path) -> None:
+    result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--arch", "torchvision",
+                 "--num-classes", "5")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "3 output classes" in line and "--num-classes 3" in line
+
+
+def test_unwritable_out(tmp_path: Path, torchvision_state_dict: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run("export", str(torchvision_state_dict), "--out", str(blocker / "bundle"))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert f"--out {blocker / 'bundle'}: cannot write there" in line
+
+
+def test_non_bundle_directory_is_not_overwritten(tmp_path: Path, torchvision_state_dict: Path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    result = run("export", str(torchvision_state_dict), "--out", str(out))
+    assert result.exit_code == 1 and "not empty and holds no bundle" in one_error_line(result)
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_flag_errors(tmp_path: Path, torchvision_state_dict: Path) -> None:
+    assert run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--int8").exit_code == 2
+    result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--opset", "17")
+    assert result.exit_code == 1 and "--opset 17" in one_error_line(result)
+    result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--lrn", "nonsense",
+                 "--arch", "torchvision")
+    assert result.exit_code == 1 and "--lrn nonsense: unknown LRN formulation" in one_error_line(result)

@@ -1,0 +1,92 @@
+"""`alexnet-deploy train` / `predict` through the real click command (in-process and as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_image_folder
+
+pytest.importorskip("torch")
+
+from alexnet_deploy.cli import cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny run through the CLI, with a --config file that a flag overrides."""
+    root = tmp_path_factory.mktemp("cli")
+    data = write_image_folder(root / "data", classes=3, per_class=6, size=40)
+    (root / "c.toml").write_text('[train]\nepochs = 3\nbatch-size = 6\nimage-size = 63\nval-split = 0.34\n'
+                                 'lr = 0.0002\n')
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--config", str(root / "c.toml"),
+                                      "--epochs", "1", "--out", str(root / "run"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_config_file_feeds_defaults_and_flags_override(trained):
+    resolved = (trained / "run" / "config.toml").read_text()
+    assert "epochs = 1" in resolved  # flag beat the file's 3
+    assert "batch-size = 6" in resolved and "image-size = 63" in resolved  # from the file
+    assert len((trained / "run" / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_predict_table_and_json(trained):
+    image = trained / "data" / "class_1" / "img_000.jpg"
+    result = CliRunner().invoke(cli, ["predict", str(trained / "run" / "best.pt"), str(image), "--topk", "2"])
+    assert result.exit_code == 0, result.output
+    assert "probability" in result.output and len(re.findall(r"\b[01]\.\d{4}\b", result.output)) == 2
+    result = CliRunner().invoke(cli, ["predict", str(trained / "run" / "best.pt"), str(trained / "data" / "class_0"),
+                                      "--json", "--topk", "3"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 6 and all(len(r["top"]) == 3 for r in rows)
+    for row in rows:
+        probs = [t["probability"] for t in row["top"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert {t["class"] for t in row["top"]} == {"class_0", "class_1", "class_2"}
+
+
+def test_predict_errors_are_one_line(trained, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["predict", str(tmp_path / "nope.pt"), str(trained / "data")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "nope.pt" in result.output
+    result = runner.invoke(cli, ["predict", str(trained / "run" / "best.pt"), str(tmp_path / "missing.jpg")])
+    assert result.exit_code == 1 and "missing.jpg" in result.output
+    result = runner.invoke(cli, ["predict", str(trained / "run" / "best.pt"), str(trained / "data"),
+                                 "--arch", "torchvision"])
+    assert result.exit_code == 1 and "--arch alexnet2012" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train"])
+    assert result.exit_code == 2 and "--data is required" in result.output
+    data = write_image_folder(tmp_path / "data", classes=2, per_class=2)
+    result = runner.invoke(cli, ["train", "--data", str(data), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--val-split" in result.output
+    result = runner.invoke(cli, ["train", "--data", str(data), "--val-split", "0.5", "--image-size", "32"])
+    assert result.exit_code == 1 and "Error: --image-size must be between 63 and 512" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_help_and_bad_flag_subprocess(command):
+    """The installed entry point: --help works and an unknown flag is a usage error (exit 2)."""
+    help_run = subprocess.run([sys.executable, "-m", "alexnet_deploy", command, "--help"],
+                              capture_output=True, text=True, timeout=120)
+    assert help_run.returncode == 0 and "Example" in help_run.stdout
+    if command == "train":
+        for flag in ("--data", "--val-split", "--arch", "--resume", "--config", "--max-per-class", "--recipe",
+                     "--amp", "--label-smoothing", "--strict", "--wandb", "--tensorboard"):
+            assert flag in help_run.stdout
+    bad = subprocess.run([sys.executable, "-m", "alexnet_deploy", command, "--no-such-flag"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "No such option" in bad.stderr
