@@ -598,6 +598,36 @@ def ort_profile(args, work: Path, precision: str = "int8", lrn: str = "conv", it
     return {"per_op_ms": per_op, "kernels": kernels, "model": f"{lrn}/{name}"}
 
 
+def ov_profile(args, work: Path, precision: str = "int8", lrn: str = "native", iters: int = 30) -> dict:
+    """OpenVINO's per-layer counters (PERF_COUNT) at batch 1: ms per layer, biggest first."""
+    import collections
+
+    import openvino as ov
+
+    name = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}[precision]
+    core = ov.Core()
+    model = core.read_model(str(work / lrn / name))
+    model.reshape({model.inputs[0].get_any_name(): [1, 3, IMAGE_SIZE, IMAGE_SIZE]})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True,
+              "INFERENCE_NUM_THREADS": args.threads}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    batch = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32) + 0.5
+    for _ in range(5):
+        request.infer({0: batch})
+    per_layer: collections.Counter = collections.Counter()
+    for _ in range(iters):
+        request.infer({0: batch})
+        for info in request.profiling_info:
+            if info.status == info.Status.EXECUTED:
+                key = f"{info.node_name[:44]} [{info.node_type} {info.exec_type}]"
+                per_layer[key] += info.real_time.total_seconds() * 1e3 / iters
+    total = sum(per_layer.values())
+    print(f"OpenVINO profile {lrn} {precision} batch 1: {total:.2f} ms in layers per run")
+    for key, ms in per_layer.most_common(16):
+        print(f"  {key:86s} {ms:7.3f} ms  {100 * ms / total:5.1f}%")
+    return {"per_layer_ms": dict(per_layer), "model": f"{lrn}/{name}"}
+
+
 # ---------------------------------------------------------------------------- output
 def print_table(title: str, rows: list[Row]) -> None:
     from rich.console import Console
@@ -627,15 +657,17 @@ def latency_table(args, source: Source, work: Path) -> dict:
     calib = sample_images(args.data, spec, args.calib_images, offset=0).inputs
     evalset = sample_images(args.data, spec, args.eval_images, offset=args.calib_images)
     bundles = build_bundles(source, work, IMAGE_SIZE, calib)
-    bandwidth = read_bandwidth()
+    bandwidth, bandwidth_1 = read_bandwidth(), read_bandwidth(threads=1)
     floors = floors_from(bundles["native"], bandwidth)
-    print(f"read bandwidth {bandwidth:.1f} GB/s; floors (weights / bandwidth): "
-          + ", ".join(f"{p} {1e3 * s:.2f} ms" for p, s in floors.items()))
+    print(f"read bandwidth {bandwidth:.1f} GB/s with {os.cpu_count()} threads, {bandwidth_1:.1f} GB/s with 1; "
+          "floors (weight bytes / all-thread bandwidth): "
+          + ", ".join(f"{p} {1e3 * s:.2f} ms" for p, s in floors.items())
+          + f" (int8 at 1-thread bandwidth: {1e3 * floors['int8'] * bandwidth / bandwidth_1:.2f} ms)")
     runners = make_runners(source, bundles, args.threads, with_ov=not args.no_ov)
     reference = logits_of(runners[0], evalset.inputs)
     accuracy = accuracy_of(runners, reference, evalset, source.trained)
-    result = {"bandwidth_gbs": bandwidth, "floors_ms": {p: 1e3 * s for p, s in floors.items()},
-              "source": source.description, "rows": []}
+    result = {"bandwidth_gbs": bandwidth, "bandwidth_1thread_gbs": bandwidth_1,
+              "floors_ms": {p: 1e3 * s for p, s in floors.items()}, "source": source.description, "rows": []}
     for batch, iters in ((1, args.iters), (32, args.iters32)):
         inputs = np.ascontiguousarray(np.resize(evalset.inputs, (batch, 3, IMAGE_SIZE, IMAGE_SIZE)))
         times = time_round_robin(runners, inputs, iters, warmup=2 if batch == 1 else 1)
@@ -645,7 +677,40 @@ def latency_table(args, source: Source, work: Path) -> dict:
         result["rows"] += [asdict(r) for r in rows]
     for runner in runners:
         runner.close()
+    result["targets"] = print_targets([Row(**r) for r in result["rows"]], floors, bandwidth / bandwidth_1)
     return result
+
+
+def print_targets(rows: list[Row], floors: dict[str, float], bandwidth_ratio: float) -> dict:
+    """Issue 7's three targets, from the rows of this run."""
+    ok = [r for r in rows if np.isfinite(r.p50_ms)]
+    one = [r for r in ok if r.batch == 1]
+    fastest = min(one, key=lambda r: r.p50_ms)
+    int8_floor = 1e3 * floors["int8"]
+    targets = {"fastest_b1": f"{fastest.name} {fastest.precision} {fastest.lrn}", "fastest_b1_ms": fastest.p50_ms,
+               "x_int8_floor": fastest.p50_ms / int8_floor,
+               "x_int8_floor_1thread_bw": fastest.p50_ms / (int8_floor * bandwidth_ratio)}
+    ort32 = min((r for r in one if r.name == "ort" and r.precision == "fp32"), key=lambda r: r.p50_ms, default=None)
+    ov32 = min((r for r in one if r.name == "ov" and r.precision == "fp32"), key=lambda r: r.p50_ms, default=None)
+    if ort32 and ov32:
+        targets.update(ort_fp32_ms=ort32.p50_ms, ov_fp32_ms=ov32.p50_ms, ort_over_ov=ort32.p50_ms / ov32.p50_ms)
+    many = [r for r in ok if r.batch == 32]
+    if many:
+        best = max(many, key=lambda r: r.throughput_ips)
+        torch32 = next(r for r in many if r.backend == "torch")
+        targets.update(fastest_b32=f"{best.name} {best.precision} {best.lrn}", b32_ips=best.throughput_ips,
+                       b32_x_torch=best.throughput_ips / torch32.throughput_ips)
+    print(f"target 1: fastest batch 1 = {targets['fastest_b1']} {fastest.p50_ms:.2f} ms = "
+          f"{targets['x_int8_floor']:.2f}x the int8 floor ({int8_floor:.2f} ms; "
+          f"{targets['x_int8_floor_1thread_bw']:.2f}x at 1-thread bandwidth); goal <= 2x; "
+          f"top-1 agreement with torch {100 * fastest.agreement:.1f}%")
+    if "ort_over_ov" in targets:
+        print(f"target 2: ORT fp32 {targets['ort_fp32_ms']:.2f} ms vs OpenVINO fp32 (f32) {targets['ov_fp32_ms']:.2f} ms"
+              f" = {targets['ort_over_ov']:.2f}x; goal <= 1")
+    if many:
+        print(f"target 3: batch-32 best {targets['fastest_b32']} {targets['b32_ips']:.1f} img/s = "
+              f"{targets['b32_x_torch']:.2f}x torch eager fp32; goal >= 4x")
+    return targets
 
 
 def parse_args(argv=None):
@@ -664,14 +729,16 @@ def parse_args(argv=None):
     parser.add_argument("--skip-table", action="store_true", help="only the extra studies")
     parser.add_argument("--int8-study", action="store_true", help="compare Q/DQ configurations")
     parser.add_argument("--ort-tuning", action="store_true", help="measure ORT SessionOptions")
-    parser.add_argument("--profile", action="store_true", help="ORT per-op profile of the int8 conv model")
+    parser.add_argument("--profile", action="store_true", help="per-op profiles: ORT int8 conv, OpenVINO int8 native")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    # ERROR: onnxruntime.quantization logs "consider pre-processing" on the root logger at every
+    # call; we skip its pre-processing on purpose (it renames the nodes we exclude by name).
+    logging.basicConfig(level=logging.ERROR)
     source = load_source(args.checkpoint)
     print(f"model: AlexNet-2012, {len(source.classes)} classes, {source.description}")
     with tempfile.TemporaryDirectory(prefix="cpu_latency.") as tmp:
@@ -684,7 +751,10 @@ def main(argv=None) -> int:
         if args.ort_tuning:
             results["ort_tuning"] = ort_tuning(args, source, work)
         if args.profile:
-            results["profile"] = ort_profile(args, work)
+            _existing_or_new_bundles(args, source, work)
+            results["profile"] = {"ort": ort_profile(args, work)}
+            if not args.no_ov:
+                results["profile"]["ov"] = ov_profile(args, work)
     if args.json:
         from alexnet_deploy.deploy.files import atomic_write_text
 

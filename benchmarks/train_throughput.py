@@ -24,7 +24,7 @@ import torch
 
 from alexnet_deploy.alexnet.data import BatchStream, decode_train, resolve_splits
 from alexnet_deploy.alexnet.model import build_model
-from alexnet_deploy.alexnet.train import TrainConfig, TrainProgress, _Dist, make_optimizer, make_scheduler, train_one_epoch
+from alexnet_deploy.alexnet.train import TrainConfig, TrainProgress, DistContext, make_optimizer, make_scheduler, train_one_epoch
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 
 
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
 def timed(config, model, optimizer, scheduler, scaler, batches) -> float:
     """Images per second of one pass of train_one_epoch over ``batches``."""
     start = time.perf_counter()
-    sums = train_one_epoch(config, _Dist(), model, optimizer, scheduler, scaler, batches, TrainProgress())
+    sums = train_one_epoch(config, DistContext(), model, optimizer, scheduler, scaler, batches, TrainProgress())
     return sums[2] / (time.perf_counter() - start)
 
 

@@ -101,6 +101,9 @@ def test_classify_uses_the_manifest_preprocessing(bundle, tmp_path_factory):
         assert p.label == runtime_bundle.CLASSES[int(row.argmax())]
         assert len(p.topk) == 2 and p.topk[0][0] == p.label and p.topk[0][1] >= p.topk[1][1]
         assert 0.0 < p.probability <= 1.0
+    with load(bundle, backend="ort") as model:
+        single = model.classify(str(files[0]), topk=1)
+    assert len(single) == 1 and single[0].label == predictions[0].label
 
 
 def test_auto_picks_the_best_that_runs_here(bundle):

@@ -128,6 +128,18 @@ def test_cli_prints_table_and_writes_extra_report(setup, tmp_path: Path) -> None
     assert json.loads(extra.read_text())["num_images"] == 24 and (bundle / "calibration_report.json").is_file()
 
 
+def test_unreadable_calibration_images_are_reported(setup, tmp_path: Path) -> None:
+    bundle, images = setup
+    (images / "class_1" / "zz_broken.jpg").write_bytes(b"\x00" * 10)
+    val = write_image_folder(tmp_path / "val", classes=3, per_class=4, size=32, seed=5)
+    result = CliRunner().invoke(cli, ["calibrate", str(bundle), "--calib", str(images), "--val", str(val),
+                                      "--num-images", "500", "--method", "minmax"], obj={})
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image(s): class_1/zz_broken.jpg" in result.output
+    calibration = read_manifest(bundle).calibration
+    assert calibration["skipped"] == ["class_1/zz_broken.jpg"] and calibration["num_images"] == 72
+
+
 @pytest.mark.parametrize("args, message", [
     (["--num-images", "0"], "--num-images must be a positive integer"),
     (["--max-drop", "-1"], "--max-drop must be >= 0"),
@@ -158,3 +170,14 @@ def test_val_classes_must_match_the_model(setup, tmp_path: Path) -> None:
     other = write_image_folder(tmp_path / "other", classes=4, per_class=3, size=32)
     with pytest.raises(DataError, match="not classes of this model"):
         calibrate_bundle(bundle, calib_dir=images, val_dir=other, num_images=8)
+
+
+def test_auto_does_not_reward_top1_above_fp32() -> None:
+    from alexnet_deploy.calibration.budget import score
+    from alexnet_deploy.calibration.report import Accuracy
+
+    lucky = Accuracy(top1=61.0, agreement=97.0, flips=30, n_images=1000)
+    faithful = Accuracy(top1=60.0, agreement=99.5, flips=5, n_images=1000)
+    worse = Accuracy(top1=59.0, agreement=99.9, flips=1, n_images=1000)
+    assert score(faithful, 60.0) > score(lucky, 60.0) > score(worse, 60.0)
+    assert score(lucky) > score(faithful)          # without a reference, plain top-1 first

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from alexnet_deploy.cli import cli
+from stubs.fake_env import stand_ins  # noqa: F401 - pytest fixture
 
 torch = pytest.importorskip("torch")
 
@@ -88,8 +89,42 @@ def test_non_bundle_directory_is_not_overwritten(tmp_path: Path, torchvision_sta
 
 def test_flag_errors(tmp_path: Path, torchvision_state_dict: Path) -> None:
     assert run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--int8").exit_code == 2
-    result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--opset", "17")
-    assert result.exit_code == 1 and "--opset 17" in one_error_line(result)
+    result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--opset", "12")
+    assert result.exit_code == 1 and "--opset 12" in one_error_line(result)
     result = run("export", str(torchvision_state_dict), "--out", str(tmp_path / "b"), "--lrn", "nonsense",
                  "--arch", "torchvision")
     assert result.exit_code == 1 and "--lrn nonsense: unknown LRN formulation" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_int8_runs_calibration_after_the_fp32_bundle(torchvision_state_dict: Path, tmp_path: Path) -> None:
+    from conftest import write_image_folder
+
+    images = write_image_folder(tmp_path / "calib", classes=3, per_class=4, size=64)
+    out = tmp_path / "bundle"
+    result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
+                 "--image-size", "64", "--no-simplify", "--verify-count", "4", "--int8", "--calib", str(images))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {a["precision"] for a in manifest["artifacts"] if a["kind"] == "onnx"} == {"fp32", "int8"}
+    assert manifest["parity"]["source"] == "calib"
+    if manifest["export"]["engines"]["status"] == "skipped":
+        assert manifest["export"]["engines"]["command"].endswith(" --int8")
+
+
+def test_engines_are_built_when_tensorrt_and_a_gpu_are_here(torchvision_state_dict: Path, tmp_path: Path,
+                                                            stand_ins) -> None:
+    """With (the stand-in) TensorRT and a GPU present, export also builds and registers the engine.
+    The stand-in proves the wiring only, not that real TensorRT accepts the ONNX."""
+    from alexnet_deploy.deploy.bundle import read_manifest, verify_artifacts
+
+    stand_ins(trt_version="10.3.0")
+    out = tmp_path / "bundle"
+    result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
+                 "--image-size", "64", "--no-simplify", "--verify-count", "2", "--max-batch", "4")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    plan = manifest.artifact("fp32", kind="trt-plan")
+    assert plan.file == "engines/fp32-sm87-trt10.3.0.plan" and manifest.export["engines"]["status"] == "built"
+    assert plan.built_with["profile"]["max"] == [4, 3, 64, 64]
+    assert len(verify_artifacts(out)) == 3 and "TensorRT engines: engines/fp32-sm87-trt10.3.0.plan" in result.stdout

@@ -69,6 +69,8 @@ def test_bundle_files_and_checksums(trained: dict) -> None:
     out, manifest = trained["out"], trained["manifest"]
     assert read_manifest(out) == manifest
     assert {a.file for a in manifest.artifacts} == {"model.onnx", "model.fp16.onnx", "reference.npz"}
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp16.onnx", "model.onnx",
+                                                      "reference.npz"], "no stray files"
     assert len(verify_artifacts(out)) == 3
     assert manifest.classes == tuple(trained["classes"]) and manifest.input.shape == (-1, 3, 64, 64)
     assert manifest.output.shape == (-1, 3) and manifest.preprocess == trained["spec"]
@@ -218,3 +220,35 @@ def test_parity_failure_says_by_how_much() -> None:
     flipped[:, 2] = 1e-6
     result = parity.compare(tied, flipped, parity.FP32)
     assert result.top1_agreement == 0.0 and result.decisive_top1_agreement == 1.0 and result.passed
+
+
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_parity_on_real_cifar_images(trained: dict, cifar_dir: Path, tmp_path: Path) -> None:
+    """Real CIFAR-10 JPEGs as --verify-data (their classes are not the model's: parity without labels)."""
+    manifest = export_bundle(trained["ckpt"], tmp_path / "bc", fp16=True, verify_data=cifar_dir, verify_count=20,
+                             simplify=False, engines=False)
+    assert manifest.parity["source"] == "verify-data" and manifest.parity["n"] == 20
+    assert manifest.parity["fp32"]["onnx_vs_torch"]["passed"] and manifest.parity["fp16_vs_fp32"]["passed"]
+    with np.load(tmp_path / "bc" / "reference.npz", allow_pickle=False) as ref:
+        assert "labels" not in ref.files and len({f.split("/")[0] for f in ref["files"]}) == 10
+
+
+def test_reexport_forgets_the_old_bundle_only_when_asked(tmp_path: Path) -> None:
+    from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, write_manifest
+    from alexnet_deploy.export.onnx import forget_old_bundle, prepare_out_dir
+
+    out = tmp_path / "bundle"
+    (out / "engines").mkdir(parents=True)
+    (out / "model.int8.onnx").write_bytes(b"old int8")
+    (out / "engines" / "int8-sm87-trt10.3.0.plan").write_bytes(b"old plan")
+    (out / "engines" / "int8-sm87-trt10.3.0.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    write_manifest(out, Manifest(classes=("a",), input=TensorSpec("input", (-1, 3, 8, 8)),
+                                 output=TensorSpec("logits", (-1, 1)), preprocess=PreprocessSpec(10, 8),
+                                 artifacts=(make_artifact(out, "model.int8.onnx", "onnx", "int8"),
+                                            make_artifact(out, "engines/int8-sm87-trt10.3.0.plan", "trt-plan",
+                                                          "int8"))))
+    assert prepare_out_dir(out) == out and (out / "manifest.json").is_file(), "checking --out deletes nothing"
+    forget_old_bundle(out)
+    assert sorted(p.name for p in out.rglob("*")) == ["engines", "notes.txt"]

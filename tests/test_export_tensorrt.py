@@ -302,3 +302,36 @@ def test_real_tensorrt_builds_and_runs(bundle: Path) -> None:
         info = builder.build_engine(bundle, precision)
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(info.path.read_bytes())
         assert engine is not None and engine.num_io_tensors == 2
+
+
+def test_flag_route_pins_guarded_nodes_to_fp32(stand_ins, tmp_path: Path) -> None:
+    """Where fp16 comes from BuilderFlag.FP16 on the fp32 ONNX (8.6), the overflow guard's nodes get
+    fp32 layer precisions (+ OBEY_PRECISION_CONSTRAINTS); the strongly typed route (10.x) needs none."""
+    import dataclasses
+
+    root = make_bundle(tmp_path / "guarded")
+    manifest = read_manifest(root)
+    fp16_entry = dataclasses.replace(manifest.artifact("fp16"), built_with={"kept_fp32": ["conv1", "ghost"]})
+    write_manifest(root, manifest.with_artifact(fp16_entry))
+    stand_ins(trt_version="8.6.1")
+    info = builder.build_engine(root, "fp16")
+    header = plan_header(info)
+    assert header["layer_precisions"] == {"conv1": "FLOAT"}
+    assert "OBEY_PRECISION_CONSTRAINTS" in header["builder_flags"] and "FP16" in header["builder_flags"]
+    assert info.meta["fp32_layers"] == ["conv1"] and info.meta["fp32_layers_not_found"] == ["ghost"]
+    stand_ins(trt_version="10.3.0")
+    header = plan_header(builder.build_engine(root, "fp16"))
+    assert header["strongly_typed"] and header["layer_precisions"] == {}
+
+
+def test_tensorrt_log_goes_to_logging_and_errors_are_kept(stand_ins, bundle: Path, caplog) -> None:
+    trt = stand_ins(trt_version="10.3.0")
+    logger = builder.make_logger(trt)
+    trt_builder = trt.Builder(logger)
+    network = trt_builder.create_network(0)
+    builder.parse_onnx(trt, trt.OnnxParser(network, logger), bundle / "model.onnx")
+    config = trt_builder.create_builder_config()  # no optimization profile for the dynamic batch axis
+    with caplog.at_level("ERROR", logger="alexnet_deploy.export.tensorrt"):
+        assert trt_builder.build_serialized_network(network, config) is None
+    assert logger.errors and "no optimization profile" in logger.errors[-1]
+    assert "no optimization profile" in caplog.text

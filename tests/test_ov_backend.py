@@ -77,6 +77,9 @@ def test_each_batch_size_gets_its_own_compiled_model(bundle, inputs):
     np.testing.assert_array_equal(one, again)  # the output was copied, not a view of a reused buffer
     assert sorted(model._requests) == [1, 3]
     assert np.abs(model.infer_all(inputs) - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
+    for n in (2, 4, 5, 6):
+        model.infer(inputs[:n])
+    assert len(model._requests) == 4 and 1 not in model._requests  # oldest dropped, memory bounded
     model.close()
 
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint  # noqa: E402
 from alexnet_deploy.alexnet.train import (  # noqa: E402
     RECIPES, TrainConfig, TrainProgress, config_to_toml, load_config_file, lr_factor, train)
-from alexnet_deploy.errors import AlexNetDeployError  # noqa: E402
+from alexnet_deploy.errors import AlexNetDeployError, MissingDependency  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,24 @@ class _Recorder(TrainProgress):
             raise KeyboardInterrupt("simulated kill after an epoch")
 
 
-def test_training_lowers_the_loss_and_writes_the_run_dir(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
     progress = _Recorder()
-    out = train(_config(tiny_data, tmp_path / "run", epochs=4, schedule="constant", lr=1e-4), progress)
+    out = train(_config(tiny_data, tmp_path_factory.mktemp("run") / "run", epochs=3, schedule="constant",
+                        lr=3e-4), progress)
+    return out, progress
+
+
+def test_training_lowers_the_loss_and_writes_the_run_dir(finished_run):
+    out, progress = finished_run
     losses = [row["train_loss"] for row in progress.rows]
     assert losses[-1] < losses[0] - 0.1, losses
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "metrics.jsonl", "metrics.csv",
                                                "curves.png", "config.toml", "train.log"}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert len((out / "metrics.csv").read_text().splitlines()) == 5
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all((r["train_images"], r["val_images"]) == (18, 6) for r in rows)
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_checkpoint(out / "best.pt")
     assert best.metrics["val_top1"] == max(r["val_top1"] for r in rows)
@@ -61,7 +69,7 @@ def test_training_lowers_the_loss_and_writes_the_run_dir(tiny_data, tmp_path):
     assert (best.preprocess.resize, best.preprocess.crop) == (66, 63)
     assert best.config["optimizer"] == "adamw" and "optimizer_state" not in best.raw
     assert "optimizer_state" in load_checkpoint(out / "last.pt").raw
-    assert "epoch 4" in (out / "train.log").read_text()
+    assert "epoch 3" in (out / "train.log").read_text()
     assert ("decode train", 18) in progress.phases
 
 
@@ -81,8 +89,8 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert [m["epoch"] for m in metrics] == [1, 2]
 
 
-def test_resume_refuses_a_checkpoint_without_optimizer_state(tiny_data, tmp_path):
-    out = train(_config(tiny_data, tmp_path / "run", epochs=1))
+def test_resume_refuses_a_checkpoint_without_optimizer_state(finished_run, tiny_data, tmp_path):
+    out, _ = finished_run
     with pytest.raises(AlexNetDeployError, match="best.pt: has no optimizer state"):
         train(_config(tiny_data, tmp_path / "run2", resume=str(out / "best.pt")))
 
@@ -138,3 +146,13 @@ def test_amp_bf16_trains(tiny_data, tmp_path):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig(data="x").epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("flag, package", [({"tensorboard": True}, "tensorboard"), ({"wandb": "proj"}, "wandb")])
+def test_optional_loggers_fail_fast_when_missing(tiny_data, tmp_path, flag, package):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(MissingDependency, match=rf"alexnet-deploy\[{package}\]"):
+        train(_config(tiny_data, tmp_path / "run", **flag))

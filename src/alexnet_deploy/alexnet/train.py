@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import time
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -116,6 +115,13 @@ class TrainConfig:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML file keyed by flag names (``batch-size`` or ``batch_size``); unknown keys are errors."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError as exc:
+            raise MissingDependency("--config on Python 3.10 needs tomli: pip install tomli") from exc
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -160,7 +166,9 @@ class TrainProgress:
 
 
 @dataclass(frozen=True)
-class _Dist:
+class DistContext:
+    """Where this process trains: its rank, the world size, its device (rank 0 of 1 on CPU by default)."""
+
     rank: int = 0
     world: int = 1
     device: str = "cpu"
@@ -186,8 +194,11 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: _Dist, out: Path, progress: TrainProgress) -> Path:
+def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainProgress) -> Path:
+    if config.resume and not Path(config.resume).is_file():
+        raise CheckpointError(f"--resume {config.resume}: no such file; pass the run's last.pt")
     torch.manual_seed(config.seed)
+    loggers = _ExternalLoggers(config, out) if dist.main else None  # fail fast on a missing package
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
     splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class)
     train_set, val_set = _decode_splits(config, splits, spec, progress)
@@ -205,7 +216,6 @@ def _train(config: TrainConfig, dist: _Dist, out: Path, progress: TrainProgress)
         atomic_write_text(out / "config.toml", config_to_toml(config))
         progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                          f"{len(splits.classes)} classes; writing {out}")
-    loggers = _ExternalLoggers(config, out) if dist.main else None
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     for epoch in range(start, config.epochs):
         row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
@@ -324,7 +334,7 @@ def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: I
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, stream: Iterable, dist: _Dist | None = None, amp: bool = False,
+def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None, amp: bool = False,
              progress: TrainProgress | None = None) -> list[float]:
     """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only)."""
     device = dist.device if dist else "cpu"
@@ -343,11 +353,11 @@ def evaluate(model: nn.Module, stream: Iterable, dist: _Dist | None = None, amp:
     return totals.tolist()
 
 
-def _val_for_all_ranks(val: list[float], dist: _Dist) -> list[float]:
+def _val_for_all_ranks(val: list[float], dist: DistContext) -> list[float]:
     return _all_reduce(torch.tensor(val, dtype=torch.float64), dist).tolist()
 
 
-def _all_reduce(values: torch.Tensor, dist: _Dist) -> torch.Tensor:
+def _all_reduce(values: torch.Tensor, dist: DistContext) -> torch.Tensor:
     if dist.world > 1:
         device_values = values.to(dist.device)
         torch.distributed.all_reduce(device_values)
@@ -355,23 +365,23 @@ def _all_reduce(values: torch.Tensor, dist: _Dist) -> torch.Tensor:
     return values
 
 
-def _setup_distributed(device: str) -> _Dist:
+def _setup_distributed(device: str) -> DistContext:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise AlexNetDeployError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist(device="cuda" if cuda else "cpu")
+        return DistContext(device="cuda" if cuda else "cpu")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return _Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
+    return DistContext(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
                  device=f"cuda:{local}" if cuda else "cpu")
 
 
-def _wrap_ddp(model: nn.Module, dist: _Dist) -> nn.Module:
+def _wrap_ddp(model: nn.Module, dist: DistContext) -> nn.Module:
     if dist.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -412,7 +422,8 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     scheduler.load_state_dict(raw["scheduler_state"])
     if "scaler_state" in raw:
         scaler.load_state_dict(raw["scaler_state"])
-    history = _read_history(out, ckpt.epoch)
+    # Metrics of the earlier epochs: from --out, or from the resumed run's directory when --out is new.
+    history = _read_history(out, ckpt.epoch) or _read_history(Path(config.resume).parent, ckpt.epoch)
     best = max((row["val_top1"] for row in history), default=float("-inf"))
     log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
     return ckpt.epoch, best, history, raw.get("rng_state")
@@ -532,5 +543,5 @@ class _ExternalLoggers:
             self.wandb_run.finish()
 
 
-__all__ = ["TrainConfig", "TrainProgress", "RECIPES", "train", "evaluate", "load_config_file",
+__all__ = ["TrainConfig", "TrainProgress", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
            "config_to_toml", "make_optimizer", "make_scheduler", "lr_factor"]

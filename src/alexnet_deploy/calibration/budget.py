@@ -55,9 +55,15 @@ def measure(model_path: str | os.PathLike, evaluation: Evaluation) -> Accuracy:
                     evaluation.labels)
 
 
-def score(acc: Accuracy) -> tuple[float, float]:
-    """Sort key: top-1 first, then agreement with fp32 (higher is better)."""
-    return (acc.top1 if acc.top1 is not None else 0.0, acc.agreement or 0.0)
+def score(acc: Accuracy, fp32_top1: float | None = None) -> tuple[float, float]:
+    """Sort key, higher is better: top-1 first, then agreement with fp32.
+
+    Top-1 above fp32's counts as equal to fp32's: quantization noise that happens to fix a few
+    held-out images is luck, and rewarding it would prefer the model that flips the most."""
+    top1 = acc.top1 if acc.top1 is not None else 0.0
+    if fp32_top1 is not None:
+        top1 = min(top1, fp32_top1)
+    return (top1, acc.agreement or 0.0)
 
 
 def quantize_and_measure(fp32_path: Path, out_path: Path, ranges: dict[str, float], keep_float: Sequence[str],
@@ -102,7 +108,7 @@ def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: S
         kept.append(item.layer)
         candidate = work / "candidate.onnx"
         acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation)
-        if best is None or score(acc) > score(best[1]):
+        if best is None or score(acc, fp32_top1) > score(best[1], fp32_top1):
             best = (tuple(kept), acc)
             candidate.replace(work / "budget.onnx")
         if progress:

@@ -52,7 +52,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     ``calib_dir`` is an image folder with one sub-folder per class. Accuracy is measured on
     ``num_val`` images of ``val_dir`` (or, without it, images of ``calib_dir`` not used for
     calibration). ``method="auto"`` tries entropy, percentile and minmax and keeps the best
-    (top-1, then agreement with fp32). With ``max_drop`` (top-1 points), the most sensitive layers
+    (top-1, capped at fp32's, then agreement with fp32). With ``max_drop`` (top-1 points), the most sensitive layers
     are kept in float until the drop fits, else BudgetNotMet (a CalibrationError) carries the
     report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
     calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
@@ -206,7 +206,7 @@ def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progre
     with tempfile.TemporaryDirectory(prefix="alexnet-deploy-calib.") as tmp:
         work = Path(tmp)
         results = _try_methods(request, fp32_path, work, histograms, evaluation, progress)
-        chosen = _choose(results)
+        chosen = _choose(results, evaluation.fp32_accuracy.top1 if evaluation is not None else None)
         final, kept, ranked, int8_acc, met = _apply_budget(request, fp32_path, work, chosen, evaluation, progress,
                                                            timings)
         if met is not False:
@@ -214,11 +214,11 @@ def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progre
     return results, chosen, kept, ranked, int8_acc, met
 
 
-def _choose(results: list[MethodResult]) -> MethodResult:
+def _choose(results: list[MethodResult], fp32_top1: float | None) -> MethodResult:
     if results[0].accuracy is None:
         return results[0]
     # max() keeps the first of equal scores, so ties go to the earlier method in AUTO_ORDER.
-    return max(results, key=lambda r: budget.score(r.accuracy))
+    return max(results, key=lambda r: budget.score(r.accuracy, fp32_top1))
 
 
 def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: MethodResult, evaluation,

@@ -123,6 +123,9 @@ def _print_outcome(console, report) -> None:
     seconds = report.timings.get("calibration_seconds", 0)
     console.print(f"ORT CPU int8 kernels: {kernels}; calibration took {seconds:.1f} s"
                   f" (total {report.timings.get('total', 0):.1f} s)")
+    if report.skipped:
+        console.print(f"[yellow]skipped {len(report.skipped)} unreadable image(s): "
+                      f"{', '.join(report.skipped[:5])}{' …' if len(report.skipped) > 5 else ''}[/]")
     for note in report.notes:
         console.print(f"note: {note}")
     if report.model_file:

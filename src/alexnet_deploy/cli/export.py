@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -14,7 +15,8 @@ def _summary(manifest, out: Path, seconds: float) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    # Piped output (CI logs, files) gets a wide console so the table is not folded.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"bundle {out} ({seconds:.1f} s)")
     for column in ("file", "precision", "MB", "parity"):
         table.add_column(column)
@@ -22,7 +24,8 @@ def _summary(manifest, out: Path, seconds: float) -> None:
     checks = {"model.onnx": parity.get("fp32", {}).get("onnx_vs_torch"), "model.fp16.onnx": parity.get("fp16_vs_fp32")}
     for art in manifest.artifacts:
         check = checks.get(art.file)
-        text = (f"max|Δ| {check['max_abs_diff']:.2e}, cos {check['min_cosine']:.6f}, top-1 {check['top1_agreement']:.1%}"
+        text = (f"max|Δ| {check['max_abs_diff']:.2e}, cos {check['min_cosine']:.6f}, "
+                f"top-1 {check['top1_agreement']:.1%}"
                 if check else "")
         table.add_row(art.file, art.precision, f"{art.bytes / 1e6:.1f}", text)
     console.print(table)
@@ -53,7 +56,7 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 @click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration image folder for --int8.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Largest batch for engines (the ONNX batch axis is dynamic).")
-@click.option("--opset", default=None, type=int, help="ONNX opset (default: the pinned one, 18).")
+@click.option("--opset", default=None, type=int, help="ONNX opset (default 18; 17 for TensorRT 8.6 / JetPack 6.0).")
 @click.option("--verify-data", type=click.Path(path_type=Path), help="Image folder to verify parity on.")
 @click.option("--verify-count", default=32, show_default=True, type=click.IntRange(min=1),
               help="Number of verification images (also stored in reference.npz).")
@@ -62,7 +65,7 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 @click.option("--arch", type=click.Choice(["alexnet2012", "torchvision"]), help="Arch of a plain state_dict.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a plain state_dict.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
-@click.option("--lrn", default="native", show_default=True, help="LRN formulation in the ONNX graph.")
+@click.option("--lrn", default="native", show_default=True, help="LRN in the graph: native (one ONNX LRN node), decomposed, or a graph rewrite (conv).")
 def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | None, max_batch: int,
            opset: int | None, verify_data: Path | None, verify_count: int, no_engine: bool, image_size: int | None,
            arch: str | None, num_classes: int | None, no_simplify: bool, lrn: str) -> None:

@@ -100,7 +100,8 @@ def _run_with_progress(bundle, config):
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
               help="Batch size; repeat for several. Default: 1 and the bundle's max batch.")
 @click.option("--warmup-s", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up time per row.")
-@click.option("--min-iters", default=10, show_default=True, type=click.IntRange(min=1), help="Minimum timed iterations.")
+@click.option("--min-iters", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Minimum timed iterations.")
 @click.option("--min-time-s", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Minimum timed seconds (both minimums must be reached).")
 @click.option("--end-to-end", is_flag=True, help="Time decode + preprocessing + inference (needs --data).")
@@ -136,6 +137,12 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
         console.print(f"wrote {path}")
 
 
+def _cv_warn(report) -> float:
+    from alexnet_deploy.deploy.bench import CV_WARN
+
+    return float(report.config.get("cv_warn", CV_WARN))
+
+
 def _print_notes(console, report) -> None:
     ok = [r for r in report.rows if r.status == "ok"]
     reference = next((r.reference for r in report.rows if r.reference), None)
@@ -147,12 +154,16 @@ def _print_notes(console, report) -> None:
         console.print("×pt = pt fp32 p50 / row p50 at the same batch (higher is faster)")
     if not ok:
         console.print("[red]no backend could run[/]: see the status column")
+    unstable = [f"{r.backend} {r.precision} b{r.batch} {r.cv:.0%}" for r in ok if r.unstable]
+    if unstable:
+        console.print(f"[yellow]* unstable[/] (coefficient of variation > {_cv_warn(report):.0%}: busy machine "
+                      f"or unlocked clocks; rerun with a longer --min-time-s): {', '.join(unstable)}")
     seen = set()
-    for row in ok:
+    for row in report.rows:
         for warning in row.warnings:
-            if warning not in seen:
+            if warning not in seen and not warning.startswith("unstable"):
                 seen.add(warning)
-                console.print(f"[yellow]* warning[/] {row.backend} {row.precision} batch {row.batch}: {warning}")
+                console.print(f"[yellow]* warning[/] {row.backend} {row.precision}: {warning}")
     system = report.system
     console.print(f"system: {system.get('cpu')} ({system.get('cpu_usable')} usable cores), "
                   f"GPU: {system.get('gpu') or system.get('gpu_reason')}")

@@ -155,8 +155,9 @@ class RichTrainProgress:
             return
         self._last_line = now
         eta = (task.total - task.completed) / task.speed if task.total else 0
-        self.console.print(f"{task.description}: {task.completed:.0f}/{task.total:.0f} images, "
-                           f"{task.speed:.0f} img/s, {loss}, ETA {eta / 60:.1f} min")
+        parts = [f"{task.completed:.0f}/{task.total:.0f} images", f"{task.speed:.0f} img/s", loss,
+                 f"ETA {eta / 60:.1f} min"]
+        self.console.print(f"{task.description.strip()}: " + ", ".join(p for p in parts if p))
 
     def epoch_end(self, row: dict) -> None:
         self.rows.append(row)

@@ -112,7 +112,10 @@ class Backend:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), np.float32)
 
     def classify(self, images: Iterable[Any], topk: int = 5, workers: int | None = None) -> list[Prediction]:
-        """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for PIL images or paths."""
+        """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for PIL images or paths
+        (one, or an iterable of them); one Prediction per image, in order."""
+        if isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel"):  # a single path or PIL image
+            images = [images]
         batch = preprocess_threaded(list(images), self.manifest.preprocess, workers=workers)
         if len(batch) == 0:
             return []

@@ -456,7 +456,8 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise AlexNetDeployError(f"{path}: not found; write one with `alexnet-deploy bench BUNDLE --json {path}`") from exc
+        raise AlexNetDeployError(f"{path}: not found; write one with "
+                                 f"`alexnet-deploy bench BUNDLE --json {path}`") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AlexNetDeployError(f"{path}: not a bench JSON ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
@@ -501,6 +502,7 @@ def _plot_latency(plt, rows: Sequence[BenchRow], path: Path) -> Path:
         ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
     ax.set(xlabel="batch", ylabel="latency per batch, p50 (ms; band to p90)", title="Latency vs batch")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")  # backends differ by 10x and more; a linear axis flattens the fast ones
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
@@ -510,13 +512,15 @@ def _plot_accuracy(plt, rows: Sequence[BenchRow], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     use_top1 = any(r.top1 is not None for r in rows)
     smallest = min(r.batch for r in rows)
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     for r in rows:
         value = r.top1 if use_top1 else r.agreement
         if r.batch == smallest and value is not None:
-            ax.scatter(r.p50_ms, value * 100, s=40)
-            ax.annotate(f"{r.backend} {r.precision}", (r.p50_ms, value * 100), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.scatter(r.p50_ms, value * 100, s=50, marker=markers.get(r.precision, "o"),
+                       label=f"{r.backend} {r.precision}")
     label = "top-1 (%)" if use_top1 else "top-1 agreement with reference (%)"
-    ax.set(xlabel=f"p50 latency at batch {smallest} (ms)", ylabel=label, title=f"{label} vs latency")
+    ax.set(xlabel=f"p50 latency at batch {smallest} (ms, log)", ylabel=label, title=f"{label} vs latency")
+    ax.set_xscale("log")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(plt, fig, path)

@@ -112,7 +112,8 @@ def jetson_facts() -> dict[str, Any]:
 
 def clocks_locked() -> bool | None:
     """True when every readable CPU/GPU frequency range is pinned (min == max); None if unreadable."""
-    pairs = [(p / "scaling_min_freq", p / "scaling_max_freq") for p in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")]
+    cpus = Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")
+    pairs = [(p / "scaling_min_freq", p / "scaling_max_freq") for p in cpus]
     pairs += [(p / "min_freq", p / "max_freq") for p in Path("/sys/class/devfreq").glob("*")]
     seen = []
     for low, high in pairs:

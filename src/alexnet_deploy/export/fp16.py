@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy.files import atomic_path
-from alexnet_deploy.errors import ExportError, MissingDependency
+from alexnet_deploy.errors import MissingDependency
 from alexnet_deploy.export import parity
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def fold_cast_round_trips(model, blocked: set[str]) -> int:
     dropped, folded = set(), 0
     for node in list(graph.node):
         first = producer.get(node.input[0]) if _cast_to(node) == onnx.TensorProto.FLOAT else None
-        origin = producer.get(first.input[0]) if first is not None and _cast_to(first) == onnx.TensorProto.FLOAT16 else None
+        to_fp16 = first is not None and _cast_to(first) == onnx.TensorProto.FLOAT16
+        origin = producer.get(first.input[0]) if to_fp16 else None
         if origin is None or origin.name not in blocked or node.output[0] in outputs:
             continue
         for user in users.get(node.output[0], []):

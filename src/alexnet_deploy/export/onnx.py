@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -122,7 +123,7 @@ def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -
     cfg.validate()
     from alexnet_deploy.alexnet.checkpoint import load_checkpoint
 
-    out = prepare_out_dir(out)
+    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
     step("loading checkpoint")
     ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
     spec = input_spec(ckpt.preprocess, cfg.image_size)
@@ -132,6 +133,7 @@ def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -
     step(f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
     fp32 = export_onnx(ckpt.model, spec.crop, cfg, vset.inputs, torch_logits,
                        metadata=onnx_metadata(ckpt.classes, spec, ckpt.arch, cfg))
+    forget_old_bundle(out)
     _save_onnx(fp32.model, out / MODEL_FILE)
     results = {"fp32": fp32}
     if cfg.fp16:
@@ -146,7 +148,8 @@ def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -
 
 
 def prepare_out_dir(out: Path) -> Path:
-    """Create (or reuse) the bundle directory; refuse a non-empty folder that is not a bundle."""
+    """Create (or reuse) the bundle directory; refuse a non-empty folder that is not a bundle.
+    Nothing in an earlier bundle is touched (see forget_old_bundle)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
@@ -154,17 +157,17 @@ def prepare_out_dir(out: Path) -> Path:
                           "directory (export only overwrites an earlier bundle)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".write-test"):
+        with tempfile.TemporaryFile(dir=out):
             pass
-        _forget_old_bundle(out)
     except OSError as exc:
         raise ExportError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
     return out
 
 
-def _forget_old_bundle(out: Path) -> None:
-    # Drop the old manifest first: a re-export killed half-way must not look like a valid bundle,
-    # and files built from the old weights (int8 model, engines) must not outlive it.
+def forget_old_bundle(out: Path) -> None:
+    """Delete an earlier bundle's manifest and listed files, once the new export has succeeded in
+    memory: a re-export killed half-way must not look like a valid bundle, and files built from the
+    old weights (int8 model, engines) must not outlive it."""
     if not (out / MANIFEST_NAME).is_file():
         return
     try:
@@ -396,7 +399,8 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
                                      "fp32": fp32.parity}
     export_info: dict[str, Any] = {
         "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_nodes": fp32.lrn_nodes,
-        "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop, "max_batch": cfg.max_batch,
+        "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop,
+        "max_batch": cfg.max_batch,
         "dynamic_batch": True, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if "fp16" in results:
         from alexnet_deploy.export import fp16 as fp16_mod
@@ -440,26 +444,37 @@ def build_engine_command(out: Path, manifest: Manifest) -> str:
 def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -> Manifest:
     """Build TensorRT engines here when possible; otherwise record why not and what to run."""
     command = build_engine_command(out, manifest)
+    failure = None
     if not cfg.engines:
         status = {"status": "disabled", "reason": "--no-engine", "command": command}
     else:
-        from alexnet_deploy.export.tensorrt import build_engine, register_engine, tensorrt_available
+        from alexnet_deploy.export.tensorrt import tensorrt_available
 
         available, reason = tensorrt_available()
-        if not available:
-            status = {"status": "skipped", "reason": reason, "command": command}
-        else:
-            built = []
-            for precision in ("fp32", "fp16", "int8"):
-                if manifest.artifact(precision) is not None:
-                    step(f"building TensorRT {precision} engine")
-                    info = build_engine(out, precision, max_batch=cfg.max_batch)
-                    manifest = register_engine(out, info)
-                    built.append(info.file)
-            status = {"status": "built", "engines": built}
+        status = {"status": "skipped", "reason": reason, "command": command}
+        if available:
+            manifest, status, failure = _build_engines(out, manifest, cfg, step, command)
     manifest = manifest.replace(export={**manifest.export, "engines": status})
     write_manifest(out, manifest)
+    if failure is not None:
+        raise ExportError(f"the ONNX bundle {out} is complete and verified, but building its TensorRT "
+                          f"engines failed: {failure}; fix that and run `{command}`") from failure
     return manifest
+
+
+def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
+    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+
+    built = []
+    try:
+        for precision in ("fp32", "fp16", "int8"):
+            if manifest.artifact(precision) is not None:
+                step(f"building TensorRT {precision} engine")
+                manifest = register_engine(out, build_engine(out, precision, max_batch=cfg.max_batch))
+                built.append(manifest.artifact(precision, kind="trt-plan").file)
+    except AlexNetDeployError as exc:
+        return manifest, {"status": "failed", "reason": str(exc), "built": built, "command": command}, exc
+    return manifest, {"status": "built", "engines": built}, None
 
 
 __all__ = ["DEFAULT_OPSET", "EXPORTER", "ExportConfig", "OnnxExport", "export_bundle", "run_export",

@@ -176,7 +176,7 @@ def choose_route(trt, manifest: Manifest, precision: str) -> BuildRoute:
         if has["fp16"] and strong:
             return BuildRoute("fp16", ONNX_FOR["fp16"], True, (), "fp16-typed ONNX, strongly typed")
         if _has_flag(trt, "FP16"):
-            note = "fp32 ONNX + BuilderFlag.FP16 (weak typing: the fp16 overflow guard is not applied)"
+            note = "fp32 ONNX + BuilderFlag.FP16 (guard nodes pinned to fp32 with precision constraints)"
             return BuildRoute("fp16", ONNX_FOR["fp32"], False, ("FP16",), note)
         raise ExportError(f"TensorRT {trt.__version__} builds fp16 only from an fp16-typed ONNX and the bundle "
                           "has no model.fp16.onnx: re-export with `alexnet-deploy export ... --fp16`")
@@ -232,12 +232,60 @@ def parse_onnx(trt, parser, onnx_path: Path) -> None:
                       + "; ".join(errors or ["(no error reported)"]))
 
 
+def make_logger(trt):
+    """A trt.ILogger that forwards to Python logging and keeps error messages for our exceptions
+    (the library never prints; TensorRT's own default logger writes to the terminal)."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            level = int(severity)
+            if level <= int(trt.Logger.ERROR):
+                self.errors.append(str(msg))
+                log.error("TensorRT: %s", msg)
+            elif level == int(trt.Logger.WARNING):
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Logger()
+
+
 def _builder(trt, logger):
     try:
         return trt.Builder(logger)
     except TypeError as exc:  # pybind11 "factory function returned nullptr": CUDA failed to initialise
         raise BackendUnavailable(f"TensorRT could not initialise CUDA ({exc}); is an NVIDIA GPU and driver "
                                  "present?") from exc
+
+
+def guarded_nodes(manifest: Manifest) -> list[str]:
+    """Nodes the fp16 overflow guard kept in fp32 (recorded on the fp16 artifact by export)."""
+    fp16 = manifest.artifact("fp16")
+    return list(fp16.built_with.get("kept_fp32", [])) if fp16 is not None else []
+
+
+def pin_fp32_layers(trt, network, config, names: list[str]) -> dict[str, list[str]]:
+    """Flag route (BuilderFlag.FP16 on an fp32 ONNX): keep the guard's layers in fp32 with precision
+    constraints, so 8.6 / 10.x honour the overflow guard that the fp16-typed ONNX carries itself.
+    The ONNX parser names each layer after its node; names not found are reported, not guessed."""
+    wanted, pinned = set(names), []
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            pinned.append(layer.name)
+    if pinned:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    missing = sorted(wanted - set(pinned))
+    if missing:
+        log.warning("fp16 guard: no TensorRT layer named %s; those nodes may run in fp16", missing)
+    return {"fp32_layers": pinned, "fp32_layers_not_found": missing}
 
 
 def make_profile(trt, builder, config, manifest: Manifest, max_batch: int, opt_batch: int,
@@ -363,7 +411,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: in
     if max_batch < 1:
         raise ExportError(f"--max-batch must be >= 1, got {max_batch}")
     opt_batch = min(max_batch, int(opt_batch or max(1, max_batch // 2)))
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = make_logger(trt)  # must outlive the builder, network and parser
     builder = _builder(trt, logger)
     flags, flag_names = network_flags(trt, route)
     network = builder.create_network(flags)
@@ -372,6 +420,10 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: in
     config = builder.create_builder_config()
     settings = configure(trt, builder, config, route, workspace_gib=workspace_gib, opt_level=opt_level,
                          dla_core=dla_core, version_compatible=version_compatible)
+    if "FP16" in route.builder_flags and guarded_nodes(manifest):
+        settings.update(pin_fp32_layers(trt, network, config, guarded_nodes(manifest)))
+        if settings["fp32_layers"]:
+            settings["builder_flags"].append("OBEY_PRECISION_CONSTRAINTS")
     profile = make_profile(trt, builder, config, manifest, max_batch, opt_batch, static=dla_core is not None)
     cache_path = timing_cache_path(bundle, str(trt.__version__), gpu, timing_cache)
     reused = load_timing_cache(config, cache_path)
@@ -379,8 +431,9 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: in
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if plan is None:
+        detail = logger.errors[-1] if logger.errors else "no error message; rerun with --debug"
         raise ExportError(f"TensorRT {trt.__version__} failed to build the {precision} engine from "
-                          f"{onnx_path.name} (see the TensorRT log above)")
+                          f"{onnx_path.name}: {detail}")
     save_timing_cache(config, cache_path)
     data = bytes(memoryview(plan))
     context = {"bundle": bundle, "trt": trt, "gpu": gpu, "route": route, "onnx_path": onnx_path,

@@ -33,7 +33,6 @@ cuda-python's ``FAKE_CUDA_GPU_NAME`` / ``FAKE_CUDA_CC``.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import math
 import os
@@ -163,6 +162,31 @@ class Logger:
 ILogger = Logger
 
 
+float32, float16, int8, int32 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32
+
+
+class ILayer:
+    """A parsed layer (one per ONNX node here). ``precision`` / ``set_output_type`` exist below 11.0."""
+
+    def __init__(self, name: str, op: str) -> None:
+        self.name, self.type = name, op
+        self._precision = None
+        self._output_types: dict[int, object] = {}
+
+    num_outputs = property(lambda self: 1)
+
+
+if _MAJOR < 11:  # deprecated in 10.12 ("superseded by strong typing"), removed in 11.0
+    def _set_precision(self, dtype) -> None:
+        self._precision = DataType(dtype)
+
+    ILayer.precision = property(lambda self: self._precision or DataType.FLOAT, _set_precision)
+    ILayer.precision_is_set = property(lambda self: self._precision is not None)
+    ILayer.set_output_type = lambda self, index, dtype: self._output_types.__setitem__(index, DataType(dtype))
+    ILayer.get_output_type = lambda self, index: self._output_types.get(index, DataType.FLOAT)
+    ILayer.reset_precision = lambda self: setattr(self, "_precision", None)
+
+
 class ITensor:
     def __init__(self, name: str, shape: tuple[int, ...], dtype, is_input: bool) -> None:
         self.name, self.shape, self.dtype, self.is_network_input = name, tuple(shape), dtype, is_input
@@ -184,12 +208,16 @@ class INetworkDefinition:
         self._outputs: list[ITensor] = []
         self._onnx: bytes = b""
         self._ops: list[tuple[str, str]] = []
+        self._layers: list[ILayer] = []
         self._has_qdq = False
         self._fp16_typed = False
 
     num_inputs = property(lambda self: len(self._inputs))
     num_outputs = property(lambda self: len(self._outputs))
     num_layers = property(lambda self: len(self._ops))
+
+    def get_layer(self, index: int) -> ILayer:
+        return self._layers[index]
 
     def get_input(self, index: int) -> ITensor:
         return self._inputs[index]
@@ -319,6 +347,7 @@ class OnnxParser:
         net._outputs = [ITensor(o.name, _dims(o), _FROM_ONNX.get(o.type.tensor_type.elem_type, DataType.FLOAT), False)
                         for o in proto.graph.output]
         net._ops = [(n.name, n.op_type) for n in proto.graph.node]
+        net._layers = [ILayer(name, op) for name, op in net._ops]
         net._has_qdq = any(op in ("QuantizeLinear", "DequantizeLinear") for _, op in net._ops)
         net._fp16_typed = any(init.data_type == 10 for init in proto.graph.initializer)
         net._onnx = proto.SerializeToString()

@@ -41,6 +41,10 @@ def _dla_problem(builder, network, config) -> str:
     return ""
 
 
+def _pinned_layers(network) -> list[str]:
+    return [layer.name for layer in network._layers if getattr(layer, "precision_is_set", False)]
+
+
 def check_build(builder, network, config) -> str:
     """The error real TensorRT would log for this build, or '' when it would build."""
     if not network._inputs:
@@ -51,6 +55,12 @@ def check_build(builder, network, config) -> str:
     if network.strongly_typed and flags:
         return (f"Builder flags {flags} are not allowed on a strongly typed network: its precision comes from "
                 "the tensor types (TensorRT 10.12+ and 11 reject the combination).")
+    pinned = _pinned_layers(network)
+    if pinned and network.strongly_typed:
+        return f"Layer precision set on {pinned[:3]}: not allowed on a strongly typed network."
+    if pinned and not ({"OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}
+                       & {f.name for f in config._flags}):
+        return f"Layer precision set on {pinned[:3]} without OBEY/PREFER_PRECISION_CONSTRAINTS: it would be ignored."
     if network._has_qdq and not network.strongly_typed and "INT8" not in flags:
         return "Network has Q/DQ layers but BuilderFlag.INT8 is not set (required for weakly typed networks)."
     return _profile_problem(network, config) or _dla_problem(builder, network, config)
@@ -85,9 +95,12 @@ def plan_header(builder, network, config) -> dict:
         "device_type": trt.DeviceType(config.default_device_type).name, "dla_core": config.DLA_core,
         "version_compatible": config.get_flag(trt.BuilderFlag.VERSION_COMPATIBLE),
         "timing_cache_hits": hits, "timing_cache_misses": misses,
-        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": trt.DataType(t.dtype).name} for t in network._inputs],
+        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": trt.DataType(t.dtype).name}
+                   for t in network._inputs],
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": trt.DataType(t.dtype).name}
                     for t in network._outputs],
         "onnx_sha256": hashlib.sha256(network._onnx).hexdigest(), "has_qdq": network._has_qdq,
         "fp16_typed": network._fp16_typed,
+        "layer_precisions": {layer.name: trt.DataType(layer.precision).name for layer in network._layers
+                             if getattr(layer, "precision_is_set", False)},
     }

@@ -41,7 +41,7 @@ class Runtime:
         if problem:
             self.logger.log(trt.Logger.ERROR, problem)
             return None
-        return ICudaEngine(header, onnx_bytes)
+        return ICudaEngine(header, onnx_bytes, self.logger)
 
     def _compatibility(self, header: dict) -> str:
         if header["version_compatible"]:
@@ -59,8 +59,8 @@ class Runtime:
 
 
 class ICudaEngine:
-    def __init__(self, header: dict, onnx_bytes: bytes) -> None:
-        self.header, self._onnx = header, onnx_bytes
+    def __init__(self, header: dict, onnx_bytes: bytes, logger=None) -> None:
+        self.header, self._onnx, self.logger = header, onnx_bytes, logger or trt.Logger()
         self._io = [(t, trt.TensorIOMode.INPUT) for t in header["inputs"]] + \
                    [(t, trt.TensorIOMode.OUTPUT) for t in header["outputs"]]
         self.name = "stand-in-engine"
@@ -157,7 +157,8 @@ class IExecutionContext:
         """Run the embedded ONNX with ONNX Runtime (CPU); False when shapes/addresses are missing."""
         names = [t["name"] for t in self.engine.header["inputs"] + self.engine.header["outputs"]]
         if not self.all_input_dimensions_specified or any(n not in self._addresses for n in names):
-            self.engine_logger_error = "execute_async_v3: set every input shape and tensor address first"
+            self.engine.logger.log(trt.Logger.ERROR, "IExecutionContext::enqueueV3: set every input shape and "
+                                                     "tensor address first")
             return False
         if self._session is None:
             import onnxruntime as ort

@@ -7,7 +7,8 @@ us with OpenVINO compares runtimes, not models. Two OpenVINO defaults are overri
   fp32 model in bf16, which changes the logits by ~1e-2. We ask for f32 unless the caller passes
   ``inference_precision="bf16"``, so the "fp32" row means fp32.
 - Dynamic batch: the ONNX has a dynamic batch axis; a model compiled for a static shape runs faster
-  on the CPU plugin, so one compiled model is kept per batch size seen (compiled on first use).
+  on the CPU plugin, so one compiled model is kept per batch size seen (compiled on first use, at
+  most MAX_COMPILED at once).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 HINTS = ("latency", "throughput")
 INFERENCE_PRECISIONS = ("f32", "bf16")
+# Compiled models kept at once (one per batch size; the oldest is dropped first).
+MAX_COMPILED = 4
 
 
 def import_openvino():
@@ -90,6 +93,8 @@ class OvBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - keep OpenVINO's message, in our error family
                 raise BackendUnavailable(f"OpenVINO could not compile the {self.precision} model: {exc}") from exc
             request = compiled.create_infer_request()
+            if len(self._requests) >= MAX_COMPILED:  # each holds its own copy of the weights
+                self._requests.pop(next(iter(self._requests)))
             self._requests[batch] = request
             log.info("ov: compiled %s for batch %d with %s", self.precision, batch, self._config)
         return request
