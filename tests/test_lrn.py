@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches  # noqa: E402
 from alexnet_deploy.errors import ExportError  # noqa: E402
 from alexnet_deploy.export.lrn import (  # noqa: E402
-    PREFIX, band_weights, lrn_formulation, rewrite_lrn, rewritten_node_names)
+    PREFIX, band_weights, lrn_formulation, restore_lrn, rewrite_lrn, rewritten_node_names)
 from conftest import write_image_folder  # noqa: E402
 from lrn_helpers import (  # noqa: E402
     export_native, images, lrn_net, quantize_int8, to_fp16, torch_logits)
@@ -229,3 +229,29 @@ def test_rewrite_never_imports_torch():
     code = ("import sys, onnx; from alexnet_deploy.export.lrn import rewrite_lrn; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("formulation", ["conv", "conv-pow"])
+def test_restore_gives_back_the_native_node(native_path, generated_images, formulation):
+    model = onnx.load(str(native_path))
+    restored = restore_lrn(rewrite_lrn(model, formulation))
+    onnx.checker.check_model(restored, full_check=True)
+    assert rewritten_node_names(restored) == [] and not any(t.name.startswith(PREFIX) for t in restored.graph.initializer)
+    original = [n for n in model.graph.node if n.op_type == "LRN"]
+    again = [n for n in restored.graph.node if n.op_type == "LRN"]
+    assert len(again) == len(original) == 2
+    for a, b in zip(original, again):
+        attrs_a = {x.name: onnx.helper.get_attribute_value(x) for x in a.attribute}
+        attrs_b = {x.name: onnx.helper.get_attribute_value(x) for x in b.attribute}
+        assert attrs_a["size"] == attrs_b["size"] and attrs_a["beta"] == attrs_b["beta"]
+        assert attrs_b["alpha"] == pytest.approx(attrs_a["alpha"], rel=1e-6)
+        assert (list(a.input), list(a.output)) == (list(b.input), list(b.output))
+    np.testing.assert_allclose(_run(restored, generated_images), _run(model, generated_images), atol=1e-6)
+
+
+def test_restore_leaves_quantized_groups_alone(native_path, generated_images, tmp_path):
+    conv = _save(rewrite_lrn(onnx.load(str(native_path))), tmp_path / "conv.onnx")
+    quantized = onnx.load(str(quantize_int8(conv, tmp_path / "q.onnx", generated_images, [])))  # LRN not excluded
+    restored = restore_lrn(quantized)
+    assert not any(n.op_type == "LRN" for n in restored.graph.node)
+    assert len(restored.graph.node) == len(quantized.graph.node)

@@ -67,6 +67,17 @@ def test_fp32_matches_torch_and_ort(bundle, inputs):
         assert "CPU f32" in model.provider and model.model_bytes > 0
 
 
+def test_native_lrn_is_restored_for_openvino_with_the_same_numbers(bundle, inputs):
+    folder, reference = bundle
+    restored = OvBackend(folder, "fp32")
+    as_exported = OvBackend(folder, "fp32", lrn="as-exported")
+    ops = lambda m: {op.get_type_name() for op in m._model.get_ops()}  # noqa: E731
+    assert "LRN" in ops(restored) and "LRN" not in ops(as_exported)
+    np.testing.assert_allclose(restored.infer(inputs), as_exported.infer(inputs), rtol=1e-5, atol=1e-5)
+    with pytest.raises(AlexNetDeployError, match="unknown ov LRN choice"):
+        OvBackend(folder, "fp32", lrn="fast")
+
+
 def test_each_batch_size_gets_its_own_compiled_model(bundle, inputs):
     folder, reference = bundle
     model = OvBackend(folder, "fp32")

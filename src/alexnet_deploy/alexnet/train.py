@@ -289,8 +289,8 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
     stream.epoch = epoch
     progress.phase(f"epoch {epoch + 1}/{config.epochs}", len(stream.indices()) * dist.world)
     started = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
     sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress)
+    lr = optimizer.param_groups[0]["lr"]  # at the end of the epoch (the start of warm-up is ~0)
     seconds = time.perf_counter() - started
     progress.phase("validate", len(val_set))
     val = evaluate(model, BatchStream(val_set, max(config.batch_size, 128), spec, rank=dist.rank,

@@ -187,3 +187,60 @@ def _scale_by_power(onnx, x: str, d: str, out: str, beta: float, prefix: str, fo
         denominator = prefix + "den"
     nodes.append(make("Div", [x, denominator], [out], name=prefix + "apply"))
     return nodes, []
+
+
+def restore_lrn(model):
+    """The inverse of :func:`rewrite_lrn`: a copy of ``model`` with each intact ``lrn_conv/<n>/`` group
+    replaced by one native ``LRN`` node again (size, alpha, beta and bias recovered from the group's
+    initializers). For runtimes whose own LRN kernel is faster than the conv form (OpenVINO).
+
+    Groups that are not exactly what rewrite_lrn wrote (e.g. quantized by a tool that ignored the
+    exclusion list) are left as they are.
+    """
+    onnx = _import_onnx()
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    groups: dict[str, list] = {}
+    for node in out.graph.node:
+        if node.name.startswith(PREFIX):
+            groups.setdefault(node.name[:node.name.index("/", len(PREFIX)) + 1], []).append(node)
+    replaced: dict[int, object] = {}
+    drop: set[int] = set()
+    for prefix, nodes in groups.items():
+        lrn = _restored_node(onnx, prefix, nodes, inits)
+        if lrn is not None:
+            replaced[id(nodes[0])] = lrn
+            drop |= {id(n) for n in nodes[1:]}
+    kept = [replaced.get(id(n), n) for n in out.graph.node if id(n) not in drop]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    used = {name for n in kept for name in n.input}
+    unused = [t for t in out.graph.initializer if t.name.startswith(PREFIX) and t.name not in used]
+    for tensor in unused:
+        out.graph.initializer.remove(tensor)
+    return out
+
+
+_GROUP_OPS = {"Cast", "Mul", "Conv", "Sqrt", "Div", "Pow"}
+
+
+def _restored_node(onnx, prefix: str, nodes: list, inits: dict):
+    """One LRN node equivalent to the rewrite group ``nodes``, or None if the group is not intact."""
+    by_suffix = {n.name[len(prefix):]: n for n in nodes}
+    needed = ("prescale", "band_sum", "apply")
+    if any(n.op_type not in _GROUP_OPS for n in nodes) or any(s not in by_suffix for s in needed) \
+            or any(prefix + t not in inits for t in ("scale", "band_weight", "band_bias")):
+        return None
+    band = onnx.numpy_helper.to_array(inits[prefix + "band_weight"])[:, :, 0, 0]
+    size = int(np.count_nonzero(band[0]) + np.count_nonzero(band[-1]) - 1)
+    scale = float(onnx.numpy_helper.to_array(inits[prefix + "scale"]))
+    bias = float(onnx.numpy_helper.to_array(inits[prefix + "band_bias"]).reshape(-1)[0])
+    if "pow" in by_suffix:
+        beta = -float(onnx.numpy_helper.to_array(inits[prefix + "neg_beta"]))
+    else:
+        beta = 0.75 if "sqrt2" in by_suffix else 0.5 if "sqrt" in by_suffix else 1.0
+    first = by_suffix.get("cast_in", by_suffix["prescale"])
+    last = by_suffix.get("cast_out", by_suffix["apply"])
+    return onnx.helper.make_node("LRN", [first.input[0]], [last.output[0]], name="lrn_native/" + prefix[len(PREFIX):],
+                                 size=size, alpha=scale * scale * size, beta=beta, bias=bias)
