@@ -100,6 +100,17 @@ def test_budget_keeps_sensitive_layers_in_float(setup) -> None:
     assert read_manifest(bundle).calibration["kept_float"] == list(report.kept_float)
 
 
+def test_agreement_budget_keeps_layers_in_float(setup) -> None:
+    bundle, images = _outlier_bundle(setup[0]), setup[1]
+    result = CliRunner().invoke(cli, ["calibrate", str(bundle), "--calib", str(images), "--num-images", "24",
+                                      "--method", "minmax", "--min-agreement", "100"], obj={})
+    assert result.exit_code == 0, result.output
+    calibration = read_manifest(bundle).calibration
+    assert calibration["min_agreement"] == 100 and calibration["budget_met"] is True
+    assert calibration["kept_float"] and calibration["agreement"] == 100
+    assert "Per-layer sensitivity" in result.output
+
+
 def test_budget_not_met_exits_non_zero_with_report(setup) -> None:
     bundle, images = _outlier_bundle(setup[0]), setup[1]
     # Keeping every layer in float would meet any budget, so make that impossible: without
@@ -112,7 +123,7 @@ def test_budget_not_met_exits_non_zero_with_report(setup) -> None:
     result = CliRunner().invoke(cli, ["calibrate", str(bundle), "--calib", str(images), "--num-images", "24",
                                       "--method", "minmax", "--max-drop", "0"], obj={})
     assert result.exit_code == 1
-    assert "Error: int8 top-1 drop" in result.output and "minmax" in result.output
+    assert "Error: int8 missed --max-drop 0.0" in result.output and "minmax" in result.output
     assert json.loads((bundle / "calibration_report.json").read_text())["budget_met"] is False
     assert read_manifest(bundle).artifact("int8") is None
 
@@ -143,6 +154,7 @@ def test_unreadable_calibration_images_are_reported(setup, tmp_path: Path) -> No
 @pytest.mark.parametrize("args, message", [
     (["--num-images", "0"], "--num-images must be a positive integer"),
     (["--max-drop", "-1"], "--max-drop must be >= 0"),
+    (["--min-agreement", "101"], "--min-agreement must be a percentage in [0, 100]"),
     (["--val", "/nonexistent/val"], "--val /nonexistent/val: not a directory"),
 ])
 def test_bad_flags_are_one_line_errors(setup, args, message) -> None:
@@ -153,7 +165,7 @@ def test_bad_flags_are_one_line_errors(setup, args, message) -> None:
 
 def test_max_drop_needs_held_out_images(setup) -> None:
     bundle, images = setup
-    with pytest.raises(CalibrationError, match="--max-drop needs labelled held-out images"):
+    with pytest.raises(CalibrationError, match="--max-drop 1.0 needs labelled held-out images"):
         calibrate_bundle(bundle, calib_dir=images, num_images=1000, max_drop=1.0)
 
 

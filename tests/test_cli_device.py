@@ -164,6 +164,10 @@ def test_device_flow_with_the_real_exporter(tmp_path: Path) -> None:
     assert run("unpack", tmp_path / "b.tar.gz", device).exit_code == 0
     result = run("verify", device, "--backend", "ort")
     assert result.exit_code == 0 and "verified" in result.output, result.output
+    from alexnet_deploy.deploy.verify import PASS, verify_bundle
+
+    report = verify_bundle(device, backends=("ort",), precisions=("fp32",))
+    assert [c.status for c in report.checks if c.check == "preprocessing"] == [PASS]  # raw_crops kept by export
     edit_manifest(device, lambda d: d["preprocess"].update(std=[0.5, 0.5, 0.5]))
     result = run("verify", device, "--backend", "ort", "--precision", "fp32")
     assert result.exit_code == 1 and "std differ" in result.output.replace("\n", " ")

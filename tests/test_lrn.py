@@ -116,7 +116,8 @@ def test_rewrite_before_fp16_conversion(net, native_path, real_images, tmp_path)
     reference = torch_logits(net, real_images)
     rewritten = _save(rewrite_lrn(onnx.load(str(native_path))), tmp_path / "conv.onnx")
     fp16 = to_fp16(rewritten, tmp_path / "conv.fp16.onnx")
-    native_err = np.abs(_run(onnx.load(str(to_fp16(native_path, tmp_path / "n16.onnx"))), real_images) - reference).max()
+    native_fp16 = onnx.load(str(to_fp16(native_path, tmp_path / "n16.onnx")))
+    native_err = np.abs(_run(native_fp16, real_images) - reference).max()
     err = np.abs(_run(onnx.load(str(fp16)), real_images) - reference).max()
     assert err <= 2e-2 * np.abs(reference).max()
     assert err <= 1.5 * native_err + 1e-3 * np.abs(reference).max()
@@ -236,7 +237,8 @@ def test_restore_gives_back_the_native_node(native_path, generated_images, formu
     model = onnx.load(str(native_path))
     restored = restore_lrn(rewrite_lrn(model, formulation))
     onnx.checker.check_model(restored, full_check=True)
-    assert rewritten_node_names(restored) == [] and not any(t.name.startswith(PREFIX) for t in restored.graph.initializer)
+    assert rewritten_node_names(restored) == []
+    assert not any(t.name.startswith(PREFIX) for t in restored.graph.initializer)
     original = [n for n in model.graph.node if n.op_type == "LRN"]
     again = [n for n in restored.graph.node if n.op_type == "LRN"]
     assert len(again) == len(original) == 2

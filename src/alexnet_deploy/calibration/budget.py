@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,6 +32,29 @@ class Evaluation:
     @property
     def fp32_accuracy(self) -> Accuracy:
         return accuracy(self.fp32_logits, self.fp32_logits, self.labels)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the int8 model must reach on the held-out images: at most ``max_drop`` top-1 points
+    below fp32 and at least ``min_agreement`` % top-1 agreement with fp32 (None = no limit)."""
+
+    max_drop: float | None = None
+    min_agreement: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.max_drop is not None or self.min_agreement is not None
+
+    def met(self, acc: Accuracy, fp32_top1: float | None) -> bool:
+        drop_ok = self.max_drop is None or fp32_top1 is None or fp32_top1 - (acc.top1 or 0.0) <= self.max_drop
+        agree_ok = self.min_agreement is None or (acc.agreement or 0.0) >= self.min_agreement
+        return drop_ok and agree_ok
+
+    def describe(self) -> str:
+        parts = [f"--max-drop {self.max_drop}" if self.max_drop is not None else "",
+                 f"--min-agreement {self.min_agreement}" if self.min_agreement is not None else ""]
+        return " and ".join(p for p in parts if p)
 
 
 def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -75,11 +99,13 @@ def quantize_and_measure(fp32_path: Path, out_path: Path, ranges: dict[str, floa
 
 
 def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: Sequence[str],
-                baseline: Accuracy, evaluation: Evaluation, progress: Progress | None = None) -> list[LayerSensitivity]:
+                baseline: Accuracy, evaluation: Evaluation, progress: Progress | None = None,
+                by_agreement: bool = False) -> list[LayerSensitivity]:
     """Leave-one-out: for each layer, quantize everything else and measure what is won back.
 
-    Sorted most sensitive first (top-1 gain, then agreement gain). AlexNet has 8 such layers,
-    so this is 8 quantize+evaluate rounds.
+    Sorted most sensitive first: top-1 gain then agreement gain, or the other way round with
+    ``by_agreement`` (when agreement is what misses the budget). AlexNet has 8 such layers
+    (10 when adaptive pooling is exported as two MatMuls), so this is 8-10 quantize+evaluate rounds.
     """
     results = []
     for done, layer in enumerate(layers, 1):
@@ -90,33 +116,35 @@ def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: S
         log.info("sensitivity %s: top-1 %+.2f, agreement %+.2f", layer, gain, results[-1].agreement_gain)
         if progress:
             progress("sensitivity", done, len(layers))
+    if by_agreement:
+        return sorted(results, key=lambda r: (-r.agreement_gain, -r.gain))
     return sorted(results, key=lambda r: (-r.gain, -r.agreement_gain))
 
 
 def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: Sequence[LayerSensitivity],
-                evaluation: Evaluation, max_drop: float,
+                evaluation: Evaluation, target: Budget, baseline: tuple[Path, Accuracy],
                 progress: Progress | None = None) -> tuple[tuple[str, ...], Accuracy, bool]:
-    """Keep layers in float, most sensitive first, until fp32 top-1 minus int8 top-1 <= max_drop.
+    """Keep layers in float, most sensitive first, until ``target`` is met.
 
-    Returns (layers kept in float, accuracy reached, met). The best model is left at
-    ``work / "budget.onnx"``.
+    ``baseline`` is the all-int8 model and its accuracy. Returns (layers kept in float, accuracy
+    reached, met); the best model reached is left at ``work / "budget.onnx"``.
     """
-    fp32_top1 = evaluation.fp32_accuracy.top1 or 0.0
+    fp32_top1 = evaluation.fp32_accuracy.top1
+    shutil.copyfile(baseline[0], work / "budget.onnx")
+    best: tuple[tuple[str, ...], Accuracy] = ((), baseline[1])
     kept: list[str] = []
-    best: tuple[tuple[str, ...], Accuracy] | None = None
-    for done, item in enumerate(ranked, 1):
+    # Keeping every layer in float would leave no int8 model at all: stop one short of that.
+    candidates = list(ranked)[:-1]
+    for done, item in enumerate(candidates, 1):
         kept.append(item.layer)
         candidate = work / "candidate.onnx"
         acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation)
-        if best is None or score(acc, fp32_top1) > score(best[1], fp32_top1):
+        met = target.met(acc, fp32_top1)
+        if met or score(acc, fp32_top1) > score(best[1], fp32_top1):
             best = (tuple(kept), acc)
             candidate.replace(work / "budget.onnx")
         if progress:
-            progress("budget", done, len(ranked))
-        if fp32_top1 - (acc.top1 or 0.0) <= max_drop:
-            if candidate.exists():
-                candidate.replace(work / "budget.onnx")
-            return tuple(kept), acc, True
-    if best is None:
-        raise ValueError("meet_budget needs at least one ranked layer")
+            progress("budget", done, len(candidates))
+        if met:
+            return best[0], best[1], True
     return best[0], best[1], False

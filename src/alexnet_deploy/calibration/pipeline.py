@@ -35,7 +35,7 @@ class _Request:
     num_images: int
     method: str
     batch_size: int
-    max_drop: float | None
+    budget: budget.Budget
     val_dir: Path | None
     seed: int
     allow_random: bool
@@ -46,19 +46,20 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
                      method: str = "auto", batch_size: int = 32, max_drop: float | None = None,
                      val_dir: str | os.PathLike | None = None, seed: int = 0, allow_random: bool = False,
                      progress: Progress | None = None, num_val: int = 1000,
-                     report_path: str | os.PathLike | None = None) -> CalibrationReport:
+                     report_path: str | os.PathLike | None = None,
+                     min_agreement: float | None = None) -> CalibrationReport:
     """Calibrate the bundle's fp32 ONNX into ``model.int8.onnx`` and record it in the manifest.
 
     ``calib_dir`` is an image folder with one sub-folder per class. Accuracy is measured on
     ``num_val`` images of ``val_dir`` (or, without it, images of ``calib_dir`` not used for
     calibration). ``method="auto"`` tries entropy, percentile and minmax and keeps the best
-    (top-1, capped at fp32's, then agreement with fp32). With ``max_drop`` (top-1 points), the most sensitive layers
-    are kept in float until the drop fits, else BudgetNotMet (a CalibrationError) carries the
-    report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
+    (top-1, capped at fp32's, then agreement with fp32). With ``max_drop`` (top-1 points) and/or
+    ``min_agreement`` (% of held-out images whose top-1 matches fp32), the most sensitive layers
+    are kept in float until both hold, else BudgetNotMet (a CalibrationError) carries the report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
     calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
     """
-    request = _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, val_dir, seed,
-                        allow_random, num_val)
+    request = _validate(bundle_dir, calib_dir, num_images, method, batch_size,
+                        budget.Budget(max_drop, min_agreement), val_dir, seed, allow_random, num_val)
     started = time.perf_counter()
     manifest = read_manifest(request.bundle)
     fp32_path = _fp32_model(request.bundle, manifest)
@@ -76,7 +77,8 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
         bundle=str(request.bundle), model_file=INT8_FILE if met is not False else None,
         method_requested=request.method, method=chosen.method, num_images=len(calib), seed=request.seed,
         random=calib.random, cache_key=calib.cache_key, cache_hit=calib.cache_hit,
-        fp32=evaluation.fp32_accuracy if evaluation else None, int8=int8_acc, max_drop=request.max_drop,
+        fp32=evaluation.fp32_accuracy if evaluation else None, int8=int8_acc, max_drop=request.budget.max_drop,
+        min_agreement=request.budget.min_agreement,
         budget_met=met, methods=tuple(results), sensitivity=tuple(ranked), kept_float=kept, skipped=calib.skipped,
         int8_kernels=_kernels(request.bundle / INT8_FILE) if met is not False else {}, timings=timings,
         notes=tuple(notes))
@@ -85,22 +87,24 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     if report_path:
         write_report(report_path, report)
     if met is False:
-        raise BudgetNotMet(f"int8 top-1 drop {report.drop:.2f} points exceeds --max-drop {request.max_drop} even with "
-                           f"{len(kept)} layer(s) kept in float; best reached is in {REPORT_NAME}; "
-                           "raise --max-drop or use more/better calibration images", report)
+        raise BudgetNotMet(f"int8 missed {request.budget.describe()} even with {len(kept)} layer(s) kept in float: "
+                           f"best reached top-1 drop {report.drop:.2f} points, agreement {report.int8.agreement:.2f} "
+                           f"% (see {REPORT_NAME}); relax the budget or use more/better calibration images", report)
     _update_manifest(request, calib, report, histograms_summary(chosen.thresholds))
     return report
 
 
-def _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, val_dir, seed, allow_random,
-              num_val) -> _Request:
+def _validate(bundle_dir, calib_dir, num_images, method, batch_size, target: budget.Budget, val_dir, seed,
+              allow_random, num_val) -> _Request:
     if method not in ("auto", *histogram.METHODS):
         raise CalibrationError(f"--method {method!r} is unknown; expected auto, {', '.join(histogram.METHODS)}")
     for flag, value in (("--num-images", num_images), ("--batch-size", batch_size), ("--num-val", num_val)):
         if int(value) <= 0:
             raise CalibrationError(f"{flag} must be a positive integer, got {value}")
-    if max_drop is not None and (not np.isfinite(max_drop) or max_drop < 0):
-        raise CalibrationError(f"--max-drop must be >= 0 top-1 points, got {max_drop}")
+    if target.max_drop is not None and (not np.isfinite(target.max_drop) or target.max_drop < 0):
+        raise CalibrationError(f"--max-drop must be >= 0 top-1 points, got {target.max_drop}")
+    if target.min_agreement is not None and not 0 <= target.min_agreement <= 100:
+        raise CalibrationError(f"--min-agreement must be a percentage in [0, 100], got {target.min_agreement}")
     if calib_dir is None and not allow_random:
         raise CalibrationError("INT8 calibration needs real images: pass --calib DIR (an image folder with one "
                                "sub-folder per class). --allow-random-calibration exists for latency-only "
@@ -109,7 +113,7 @@ def _validate(bundle_dir, calib_dir, num_images, method, batch_size, max_drop, v
         if folder is not None and not Path(folder).is_dir():
             raise CalibrationError(f"{flag} {folder}: not a directory; expected an image folder with class sub-folders")
     return _Request(Path(bundle_dir), Path(calib_dir) if calib_dir else None, int(num_images), method,
-                    int(batch_size), max_drop, Path(val_dir) if val_dir else None, int(seed), allow_random,
+                    int(batch_size), target, Path(val_dir) if val_dir else None, int(seed), allow_random,
                     int(num_val))
 
 
@@ -161,8 +165,8 @@ def _evaluation(request: _Request, manifest: Manifest, calib: dataset.Calibratio
 
 
 def _no_evaluation(request: _Request, note: str) -> tuple[None, list[str]]:
-    if request.max_drop is not None:
-        raise CalibrationError(f"--max-drop needs labelled held-out images ({note}); pass --val DIR or a --calib "
+    if request.budget.active:
+        raise CalibrationError(f"{request.budget.describe()} needs labelled held-out images ({note}); pass --val DIR or a --calib "
                                "folder with more images than --num-images")
     log.warning(note)
     return None, [note]
@@ -225,10 +229,10 @@ def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: Method
                   progress: Progress | None, timings: dict[str, float]):
     """(final model path, layers kept float, sensitivity ranking, int8 accuracy, met: bool | None)."""
     path, acc = work / f"{chosen.method}.onnx", chosen.accuracy
-    if request.max_drop is None or evaluation is None:
+    if not request.budget.active or evaluation is None:
         return path, (), [], acc, None
     fp32_top1 = evaluation.fp32_accuracy.top1
-    if fp32_top1 is None or fp32_top1 - (acc.top1 or 0.0) <= request.max_drop:
+    if request.budget.met(acc, fp32_top1):
         return path, (), [], acc, True
     import onnx
 
@@ -236,10 +240,12 @@ def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: Method
     if not layers:
         return path, (), [], acc, False
     start = time.perf_counter()
-    ranked = budget.sensitivity(fp32_path, work, chosen.thresholds, layers, acc, evaluation, progress)
+    # Rank by what is missing: agreement when top-1 already fits, else top-1.
+    by_agreement = budget.Budget(request.budget.max_drop).met(acc, fp32_top1)
+    ranked = budget.sensitivity(fp32_path, work, chosen.thresholds, layers, acc, evaluation, progress, by_agreement)
     timings["sensitivity"] = round(time.perf_counter() - start, 3)
     kept, reached, met = budget.meet_budget(fp32_path, work, chosen.thresholds, ranked, evaluation,
-                                            request.max_drop, progress)
+                                            request.budget, (path, acc), progress)
     timings["budget"] = round(time.perf_counter() - start - timings["sensitivity"], 3)
     return work / "budget.onnx", kept, ranked, reached, met
 
@@ -274,7 +280,8 @@ def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: C
         "method": report.method, "method_requested": report.method_requested, "num_images": len(calib),
         "seed": report.seed, "random": calib.random, "source": calib.root, "images": list(calib.files),
         "skipped": list(calib.skipped), "cache_key": calib.cache_key, "report": REPORT_NAME,
-        "kept_float": list(report.kept_float), "max_drop": report.max_drop, "budget_met": report.budget_met,
+        "kept_float": list(report.kept_float), "max_drop": report.max_drop,
+        "min_agreement": report.min_agreement, "budget_met": report.budget_met,
         "fp32_top1": report.fp32.top1 if report.fp32 else None,
         "int8_top1": report.int8.top1 if report.int8 else None,
         "agreement": report.int8.agreement if report.int8 else None,

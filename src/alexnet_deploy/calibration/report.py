@@ -61,6 +61,7 @@ class CalibrationReport:
     fp32: Accuracy | None
     int8: Accuracy | None
     max_drop: float | None
+    min_agreement: float | None
     budget_met: bool | None
     methods: tuple[MethodResult, ...]
     sensitivity: tuple[LayerSensitivity, ...] = ()

@@ -21,6 +21,8 @@ METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Batch size for ONNX Runtime runs.")
 @click.option("--max-drop", type=float, default=None,
               help="Top-1 points int8 may lose against fp32; sensitive layers stay float until met, else exit 1.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Minimum %% of held-out images whose int8 top-1 matches fp32; handled like --max-drop.")
 @click.option("--val", "val_dir", type=click.Path(path_type=Path),
               help="Held-out image folder for accuracy (default: images of --calib not used for calibration).")
 @click.option("--num-val", default=1000, show_default=True, type=int, help="Held-out images to measure on.")
@@ -30,7 +32,7 @@ METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 @click.option("--report", "report_file", type=click.Path(path_type=Path),
               help="Also write the JSON report here (default: BUNDLE/calibration_report.json).")
 def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str, batch_size: int,
-              max_drop: float | None, val_dir: Path | None, num_val: int, seed: int,
+              max_drop: float | None, min_agreement: float | None, val_dir: Path | None, num_val: int, seed: int,
               allow_random_calibration: bool, report_file: Path | None) -> None:
     """Calibrate BUNDLE's fp32 ONNX into a TensorRT-compatible int8 Q/DQ model.
 
@@ -50,7 +52,7 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
             report = calibrate_bundle(bundle, calib_dir=calib_dir, num_images=num_images, method=method,
                                       batch_size=batch_size, max_drop=max_drop, val_dir=val_dir, seed=seed,
                                       allow_random=allow_random_calibration, progress=update, num_val=num_val,
-                                      report_path=report_file)
+                                      report_path=report_file, min_agreement=min_agreement)
     except BudgetNotMet as exc:
         print_report(Console(), exc.report)
         raise

@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from alexnet_deploy.deploy.preprocess import PreprocessSpec, is_image_file, list_class_folder, preprocess
+from alexnet_deploy.deploy.preprocess import (PreprocessSpec, is_image_file, list_class_folder, load_image, preprocess,
+                                              resize_and_crop)
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ class VerificationSet:
     files: tuple[str, ...]
     source: str
     folder: str | None = None
+    # uint8 N x crop x crop x 3 (resized and cropped, not normalized): kept in reference.npz so a
+    # device can re-run the manifest's normalization and catch a wrong mean/std (`verify`).
+    raw_crops: np.ndarray | None = None
+
+
+def _raw_crops(images: Sequence[Image.Image | Path], spec: PreprocessSpec) -> np.ndarray:
+    crops = [resize_and_crop(img if isinstance(img, Image.Image) else load_image(img), spec) for img in images]
+    return np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
 
 
 def _spread(samples: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
@@ -70,7 +79,8 @@ def from_folder(folder: str | os.PathLike, spec: PreprocessSpec, model_classes: 
         picked, labels = [(p, -1) for p in files[:count]], None
     inputs = preprocess([p for p, _ in picked], spec)
     names = tuple(str(p.relative_to(folder)) for p, _ in picked)
-    return VerificationSet(inputs=inputs, labels=labels, files=names, source=source, folder=str(folder.resolve()))
+    return VerificationSet(inputs=inputs, labels=labels, files=names, source=source, folder=str(folder.resolve()),
+                           raw_crops=_raw_crops([p for p, _ in picked], spec))
 
 
 def generated(spec: PreprocessSpec, count: int, seed: int = 0) -> VerificationSet:
@@ -82,7 +92,7 @@ def generated(spec: PreprocessSpec, count: int, seed: int = 0) -> VerificationSe
         images.append(Image.fromarray(small).resize((spec.resize, spec.resize), Image.Resampling.BICUBIC))
     inputs = preprocess(images, spec)
     return VerificationSet(inputs=inputs, labels=None, files=tuple(f"generated_{i:03d}" for i in range(count)),
-                           source="generated")
+                           source="generated", raw_crops=_raw_crops(images, spec))
 
 
 __all__ = ["VerificationSet", "from_folder", "generated"]

@@ -242,5 +242,6 @@ def _restored_node(onnx, prefix: str, nodes: list, inits: dict):
         beta = 0.75 if "sqrt2" in by_suffix else 0.5 if "sqrt" in by_suffix else 1.0
     first = by_suffix.get("cast_in", by_suffix["prescale"])
     last = by_suffix.get("cast_out", by_suffix["apply"])
-    return onnx.helper.make_node("LRN", [first.input[0]], [last.output[0]], name="lrn_native/" + prefix[len(PREFIX):],
-                                 size=size, alpha=scale * scale * size, beta=beta, bias=bias)
+    return onnx.helper.make_node("LRN", [first.input[0]], [last.output[0]],
+                                 name="lrn_native/" + prefix[len(PREFIX):], size=size,
+                                 alpha=scale * scale * size, beta=beta, bias=bias)

@@ -368,6 +368,8 @@ def _write_reference(path: Path, vset: vinputs.VerificationSet, logits: np.ndarr
               "files": np.array(vset.files, dtype=str)}
     if vset.labels is not None:
         arrays["labels"] = vset.labels.astype(np.int64)
+    if vset.raw_crops is not None:
+        arrays["raw_crops"] = vset.raw_crops
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
