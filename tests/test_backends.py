@@ -243,3 +243,16 @@ def test_trt_version_compatible_plan_loads_on_a_newer_tensorrt(stand_ins, bundle
     stand_ins(trt_version="10.2.0")  # never on an older runtime
     with pytest.raises(BackendUnavailable, match="built with TensorRT 10.3.0"):
         load(copy, backend="trt", precision="fp16")
+
+
+def test_trt_max_batch_follows_the_engine_profile(stand_ins, bundle, tmp_path, reference):
+    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+
+    copy = runtime_bundle.linked_copy(bundle, tmp_path / "b")
+    stand_ins(trt_version="10.3.0")
+    register_engine(copy, build_engine(copy, "fp16", max_batch=2, timing_cache=False))
+    with load(copy, backend="trt", precision="fp16") as model:
+        assert model.max_batch == 2  # the bundle says 4, the engine was built for 2
+        assert model.infer_all(reference[0][:5]).shape == (5, 3)
+        with pytest.raises(AlexNetDeployError, match="batch size 3 is outside 1..2"):
+            model.infer(reference[0][:3])

@@ -89,3 +89,19 @@ def test_bench_diff_bad_input(tmp_path):
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "broken.json" in result.output
     result = CliRunner().invoke(cli, ["bench-diff", str(tmp_path / "missing.json"), str(tmp_path / "x.json")], obj={})
     assert result.exit_code == 1 and "missing.json: not found" in result.output
+
+
+def test_predict_accepts_a_bundle_and_backend(bundle, tmp_path_factory):
+    from alexnet_deploy.deploy import load
+
+    folder = runtime_bundle.images(tmp_path_factory) / "class_2"
+    result = _run(["predict", str(bundle), str(folder), "--backend", "ort", "--topk", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    with load(bundle, backend="ort") as model:
+        expected = model.classify(sorted(folder.glob("*.jpg")), topk=2)
+    assert [p["path"] for p in printed] == [e.path for e in expected]
+    assert [p["top"][0]["class"] for p in printed] == [e.label for e in expected]
+    result = CliRunner().invoke(cli, ["predict", str(bundle / "manifest.json"), str(folder), "--backend", "ort"],
+                                obj={})
+    assert result.exit_code == 2 and "--backend needs a bundle SOURCE" in result.output

@@ -257,3 +257,13 @@ def test_restore_leaves_quantized_groups_alone(native_path, generated_images, tm
     restored = restore_lrn(quantized)
     assert not any(n.op_type == "LRN" for n in restored.graph.node)
     assert len(restored.graph.node) == len(quantized.graph.node)
+
+
+def test_calibration_keeps_the_rewrite_float(native_path):
+    """Integration with calibration/qdq.py: the LRN nodes are never quantized nor budget candidates."""
+    qdq = pytest.importorskip("alexnet_deploy.calibration.qdq")
+    if not hasattr(qdq, "lrn_rewrite_nodes"):
+        pytest.skip("calibration/qdq.py does not know the LRN rewrite yet")
+    model = rewrite_lrn(onnx.load(str(native_path)))
+    assert qdq.lrn_rewrite_nodes(model) == rewritten_node_names(model)
+    assert not any(name.startswith(PREFIX) for name in qdq.weighted_layers(model))

@@ -67,6 +67,11 @@ def test_load_infer_and_bench_without_torch(tmp_path_factory):
         report = run_bench({str(bundle)!r}, BenchConfig(backends=("pt", "ort"), precisions=("fp32",), batches=(1,),
                            data={str(images)!r}, warmup_s=0.01, min_iters=2, min_time_s=0.01))
         rows = [(r.backend, r.status, r.reference, r.agreement) for r in report.rows]
+        from alexnet_deploy.cli import cli
+        try:  # `predict BUNDLE` runs on the torch-free runtime
+            cli.main(["predict", {str(bundle)!r}, {str(images / "class_0")!r}, "--json"], standalone_mode=False, obj={{}})
+        except SystemExit as exc:
+            assert not exc.code, exc.code
         print(json.dumps({{"shape": list(logits.shape), "pt": pt, "rows": rows,
                           "torch": sys.modules.get("torch") is not None}}))
     """)

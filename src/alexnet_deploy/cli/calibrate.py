@@ -22,7 +22,7 @@ METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 @click.option("--max-drop", type=float, default=None,
               help="Top-1 points int8 may lose against fp32; sensitive layers stay float until met, else exit 1.")
 @click.option("--min-agreement", type=float, default=None,
-              help="Minimum %% of held-out images whose int8 top-1 matches fp32; handled like --max-drop.")
+              help="Minimum percent of held-out images whose int8 top-1 matches fp32; handled like --max-drop.")
 @click.option("--val", "val_dir", type=click.Path(path_type=Path),
               help="Held-out image folder for accuracy (default: images of --calib not used for calibration).")
 @click.option("--num-val", default=1000, show_default=True, type=int, help="Held-out images to measure on.")
@@ -37,7 +37,7 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
     """Calibrate BUNDLE's fp32 ONNX into a TensorRT-compatible int8 Q/DQ model.
 
     Writes BUNDLE/model.int8.onnx, BUNDLE/calibration_report.json and the manifest entry.
-    Exit 1 when --max-drop cannot be met (the report shows the best reached).
+    Exit 1 when --max-drop / --min-agreement cannot be met (the report shows the best reached).
     """
     from rich.console import Console
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -81,18 +82,33 @@ def train(config_file: str | None, **flags: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--arch", type=_CHOICE_ARCH, help="Architecture of a plain state_dict (detected when omitted).")
 @click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
+@click.option("--backend", help="For a bundle SOURCE: auto (default), ort, ort-cuda, trt, ov or pt.")
 def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch: str | None,
-            num_classes: int | None) -> None:
-    """Classify images (files or folders) with a checkpoint; prints class names and probabilities.
+            num_classes: int | None, backend: str | None) -> None:
+    """Classify images (files or folders) with a checkpoint or a bundle; prints classes and probabilities.
 
     \b
     Example:
       alexnet-deploy predict runs/demo/best.pt examples/data/cifar10-sample/val/cat --topk 3
     """
+    if _is_bundle(source):  # the torch-free runtime (deploy.load); never imports torch unless --backend pt
+        from alexnet_deploy.deploy import load
+        from alexnet_deploy.deploy.preprocess import image_files
+
+        with load(source, backend=backend or "auto") as model:
+            results = model.classify(image_files(images), topk=topk)
+        _print_predictions(results, as_json)
+        return
+    if backend:
+        raise click.UsageError("--backend needs a bundle SOURCE (a directory or .tar.gz); a checkpoint runs on PyTorch")
     from alexnet_deploy.alexnet.predict import predict as run_predict
 
     results = run_predict(source, images, topk=topk, arch=arch, num_classes=num_classes)
     _print_predictions(results, as_json)
+
+
+def _is_bundle(source: str) -> bool:
+    return os.path.isdir(source) or source.endswith((".tar.gz", ".tgz"))
 
 
 def _print_predictions(results, as_json: bool) -> None:

@@ -56,11 +56,22 @@ TOLERANCE: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result: the best label, its probability and the top-k (label, probability)."""
+    """One image's result: the best label, its probability, the top-k (label, probability) and
+    the image's path when it was given one."""
 
     label: str
     probability: float
     topk: tuple[tuple[str, float], ...]
+    path: str | None = None
+
+    @property
+    def top(self) -> tuple[tuple[str, float], ...]:
+        """Same as ``topk`` (the name alexnet.predict's results use)."""
+        return self.topk
+
+    def to_dict(self) -> dict:
+        """``{"path", "top": [{"class", "probability"}]}``, the `predict --json` format."""
+        return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.topk]}
 
 
 class Backend:
@@ -113,18 +124,26 @@ class Backend:
 
     def classify(self, images: Iterable[Any], topk: int = 5, workers: int | None = None) -> list[Prediction]:
         """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for PIL images or paths
-        (one, or an iterable of them); one Prediction per image, in order."""
+        (one, or an iterable of them); one Prediction per image, in order. Images are decoded
+        ``max_batch`` at a time, so a large folder never sits in memory as one float array."""
         if isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel"):  # a single path or PIL image
             images = [images]
-        batch = preprocess_threaded(list(images), self.manifest.preprocess, workers=workers)
-        if len(batch) == 0:
-            return []
-        probs = softmax(self.infer_all(batch))
-        k = max(1, min(int(topk), self.num_classes))
+        items = list(images)
+        if int(topk) < 1:
+            raise AlexNetDeployError(f"--topk must be >= 1, got {topk}")
+        results: list[Prediction] = []
+        for start in range(0, len(items), self.max_batch):
+            chunk = items[start:start + self.max_batch]
+            batch = preprocess_threaded(chunk, self.manifest.preprocess, workers=workers)
+            results.extend(self._predictions(softmax(self.infer(batch)), chunk, int(topk)))
+        return results
+
+    def _predictions(self, probs: np.ndarray, items: Sequence[Any], topk: int) -> list[Prediction]:
+        k, classes = min(topk, self.num_classes), self.manifest.classes
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        classes = self.manifest.classes
-        return [Prediction(classes[idx[0]], float(row[idx[0]]), tuple((classes[j], float(row[j])) for j in idx))
-                for row, idx in zip(probs, order)]
+        return [Prediction(classes[idx[0]], float(row[idx[0]]), tuple((classes[j], float(row[j])) for j in idx),
+                           str(item) if isinstance(item, (str, os.PathLike)) else None)
+                for row, idx, item in zip(probs, order, items)]
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op for host backends)."""

@@ -197,8 +197,27 @@ def preprocess_threaded(images: Sequence[Image.Image | str | os.PathLike], spec:
     return out
 
 
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given plus, for each directory, its image files (recursive, sorted, hidden skipped).
+
+    Raises DataError naming a path that does not exist, or when nothing was found.
+    """
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append(item)
+        elif item.is_dir():
+            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)
+                                and not any(part.startswith(".") for part in p.relative_to(item).parts)))
+        else:
+            raise DataError(f"{item}: no such image file or directory")
+    if not found:
+        raise DataError(f"no image files in {', '.join(map(str, inputs))}")
+    return found
+
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "PreprocessSpec", "is_image_file",
-    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "list_class_folder",
+    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "image_files", "list_class_folder",
     "top_k", "softmax",
 ]

@@ -184,8 +184,25 @@ class TrtBackend(Backend):
         self.engine = self._deserialize(plan, version_compatible)
         self.context = self.engine.create_execution_context()
         self._input, self._output = self._io_names()
-        self._allocate()
+        self._profile_max = self._profile_max_batch()
+        try:
+            self._allocate()
+        except BaseException:
+            self.close()  # free whatever was allocated before the failure
+            raise
         self.provider = f"TensorRT {here.tensorrt_version} on {here.gpu_name}"
+
+    @property
+    def max_batch(self) -> int:
+        """The smaller of the bundle's max batch and the engine profile's (build-engine --max-batch)."""
+        return min(int(self.manifest.max_batch), self._profile_max)
+
+    def _profile_max_batch(self) -> int:
+        try:
+            return int(self.engine.get_tensor_profile_shape(self._input, 0)[2][0])
+        except (AttributeError, IndexError, TypeError, ValueError):  # no profile: a static engine
+            shape = self.engine.get_tensor_shape(self._input)
+            return int(shape[0]) if int(shape[0]) > 0 else int(self.manifest.max_batch)
 
     def _deserialize(self, plan: Path, version_compatible: bool):
         trt = self.trt
@@ -247,10 +264,10 @@ class TrtBackend(Backend):
             cuda_call(self.cudart, self.cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     def close(self) -> None:
-        for buffers in self._buffers.values():
+        for buffers in getattr(self, "_buffers", {}).values():
             buffers.free()
         self._buffers = {}
-        if self.stream is not None:
+        if getattr(self, "stream", None) is not None:
             cuda_call(self.cudart, self.cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
             self.stream = None
         self.context = self.engine = None
