@@ -281,16 +281,18 @@ def backend_runner(bundle: Path, backend: str, precision: str, lrn: str, threads
 
 # ---------------------------------------------------------------------------- timing
 def time_round_robin(runners: list[Runner], batch: np.ndarray, iters: int, rounds: int = 3,
-                     warmup: int = 2) -> dict[str, list[float]]:
+                     warmup: int = 2, settle_s: float = 0.2) -> dict[str, list[float]]:
     """Seconds per call for each runner: ``rounds`` rounds, each running every runner for a block of
     ``iters / rounds`` calls after ``warmup`` untimed ones. Alternating blocks lets background load on
     a shared machine hit every row alike; blocks (not single calls) keep one runner's idle
-    spinning threads (ORT, OpenVINO) from slowing the next runner's timed calls."""
+    spinning threads (ORT, OpenVINO, torch's OpenMP) from slowing the next runner's timed calls, and
+    ``settle_s`` of sleep before each block lets those threads go idle first."""
     key = {id(r): f"{r.name}|{r.precision}|{r.lrn}" for r in runners}
     times: dict[str, list[float]] = {key[id(r)]: [] for r in runners}
     per_block = max(1, -(-iters // rounds))
     for _ in range(rounds):
         for runner in runners:
+            time.sleep(settle_s)
             for _ in range(warmup):
                 runner.run(batch)
             for _ in range(per_block):
