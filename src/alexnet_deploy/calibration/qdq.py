@@ -21,6 +21,9 @@ from alexnet_deploy.errors import CalibrationError, MissingDependency
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+# Name prefix of the nodes export/lrn.py's LRN rewrite adds (export.lrn.PREFIX; a string here so
+# calibration does not import export).
+LRN_REWRITE_PREFIX = "lrn_conv/"
 # Op types in ORT's optimized graph that prove int8 arithmetic is used (not just Q/DQ round trips).
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
                 "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool")
@@ -58,7 +61,14 @@ def _quiet_preprocess_advice():
 def weighted_layers(model) -> list[str]:
     """Names of the nodes with weights (Conv/Gemm/MatMul), in graph order: the 'layers' that
     the accuracy budget can keep in float. Nodes without a name get none (ORT needs names)."""
-    return [node.name for node in model.graph.node if node.op_type in WEIGHTED_OPS and node.name]
+    return [node.name for node in model.graph.node
+            if node.op_type in WEIGHTED_OPS and node.name and not node.name.startswith(LRN_REWRITE_PREFIX)]
+
+
+def lrn_rewrite_nodes(model) -> list[str]:
+    """Nodes of the fast LRN formulation (export --lrn conv): always float. Its band conv sums
+    squares beside a bias of 2 and its square roots need more than int8 resolution."""
+    return [node.name for node in model.graph.node if node.name.startswith(LRN_REWRITE_PREFIX)]
 
 
 def float_nodes(model, layers: Sequence[str]) -> list[str]:
@@ -89,7 +99,9 @@ def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges:
     import numpy as np
 
     out_path = Path(out_path)
-    excluded = float_nodes(onnx.load(str(fp32_path), load_external_data=False), keep_float) if keep_float else []
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    excluded = float_nodes(model, keep_float) if keep_float else []
+    excluded += [name for name in lrn_rewrite_nodes(model) if name not in excluded]
     with tempfile.TemporaryDirectory(prefix="alexnet-deploy-qdq.") as tmp:
         cache = Path(tmp) / "ranges.json"
         # A zero threshold (all-zero tensor) would give scale 0, which ORT and TensorRT reject.
