@@ -60,7 +60,7 @@ def trained(tmp_path_factory) -> dict:
     train_briefly(model, x, np.array([i for _, i in samples], np.int64))
     ckpt = save_ckpt(root / "best.pt", model, classes)
     out = root / "bundle"
-    manifest = export_bundle(ckpt, out, fp16=True, verify_data=images, verify_count=12)
+    manifest = export_bundle(ckpt, out, fp16=True, verify_data=images, verify_count=12, lrn="native")
     return {"root": root, "images": images, "ckpt": ckpt, "out": out, "manifest": manifest, "model": model,
             "classes": classes, "spec": spec}
 
@@ -167,7 +167,8 @@ def test_export_at_227_px_random_weights(trained: dict, tmp_path: Path) -> None:
     ckpt = save_ckpt(tmp_path / "r.pt", build_model("alexnet2012", num_classes=10), [f"c{i}" for i in range(10)],
                      size=227)
     manifest = export_bundle(ckpt, tmp_path / "b227", verify_count=4, engines=False)
-    assert manifest.input.shape == (-1, 3, 227, 227) and manifest.export["lrn_nodes"] == 2
+    assert manifest.input.shape == (-1, 3, 227, 227)
+    assert manifest.export["lrn"] == "conv" and manifest.export["lrn_nodes"] == 0, "conv LRN is the default"
     assert manifest.parity["fp32"]["onnx_vs_torch"]["passed"]
 
 

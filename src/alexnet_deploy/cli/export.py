@@ -65,7 +65,7 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 @click.option("--arch", type=click.Choice(["alexnet2012", "torchvision"]), help="Arch of a plain state_dict.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a plain state_dict.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
-@click.option("--lrn", default="native", show_default=True, help="LRN in the graph: native (one ONNX LRN node), decomposed, or a graph rewrite (conv).")
+@click.option("--lrn", default="conv", show_default=True, help="LRN in the graph: conv (banded 1x1 conv + sqrt, fastest on CPU), native (one ONNX LRN node), or decomposed.")
 def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | None, max_batch: int,
            opset: int | None, verify_data: Path | None, verify_count: int, no_engine: bool, image_size: int | None,
            arch: str | None, num_classes: int | None, no_simplify: bool, lrn: str) -> None:

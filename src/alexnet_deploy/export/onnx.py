@@ -2,8 +2,10 @@
 
 The fp32 graph comes from ``torch.onnx.export(dynamo=True)`` at a pinned opset (torch 2.9 changed
 the default exporter; the legacy TorchScript one fails on AdaptiveAvgPool2d when the feature map
-is not 6x6). Input ``input`` (N,3,S,S) with a dynamic batch axis, output ``logits``; each LRN is one
-ONNX ``LRN`` node (export/torch_lrn.py). Every ONNX artifact is checked against PyTorch with ONNX
+is not 6x6). Input ``input`` (N,3,S,S) with a dynamic batch axis, output ``logits``; each LRN is
+exported as one ONNX ``LRN`` node (export/torch_lrn.py) and then, by default, rewritten into the
+banded 1x1-conv form that runs fast on every CPU runtime (export/lrn.py; ``lrn="native"`` keeps the
+node). The choice is recorded in the manifest. Every ONNX artifact is checked against PyTorch with ONNX
 Runtime on real images before the manifest is written; below the thresholds the export fails.
 """
 
@@ -52,7 +54,9 @@ class ExportConfig:
     num_classes: int | None = None
     engines: bool = True
     simplify: bool = True
-    lrn: str = "native"
+    # "conv": the banded 1x1-conv rewrite (export/lrn.py), 1.5x (fp32) to 2.2x (int8) faster on ORT CPU
+    # than the native node with identical outputs; "native" keeps one ONNX LRN node per layer.
+    lrn: str = "conv"
     verify_count: int = 32
 
     def validate(self) -> None:
@@ -101,7 +105,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fp16
                   int8: bool = False, calib_dir: str | os.PathLike | None = None, max_batch: int = 32,
                   opset: int = DEFAULT_OPSET, verify_data: str | os.PathLike | None = None,
                   image_size: int | None = None, arch: str | None = None, num_classes: int | None = None,
-                  engines: bool = True, simplify: bool = True, lrn: str = "native", verify_count: int = 32,
+                  engines: bool = True, simplify: bool = True, lrn: str = "conv", verify_count: int = 32,
                   progress: Progress | None = None) -> Manifest:
     """Export ``checkpoint`` to the bundle directory ``out`` and return its manifest.
 
