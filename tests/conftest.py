@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,17 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: i
             noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(folder / f"img_{i:03d}.jpg", quality=95)
     return root
+
+
+@contextmanager
+def scratch_dir(factory, name: str):
+    """A module-lifetime temp dir, deleted when the module's tests are done: exports of the real model
+    are ~230 MB each and pytest would otherwise keep every module's dir until the session ends."""
+    path = factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

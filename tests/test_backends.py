@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import runtime_bundle
+from conftest import scratch_dir
 from alexnet_deploy.deploy import Prediction, load
 from alexnet_deploy.deploy.backend import TOLERANCE, Backend, resolve_backend
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
@@ -168,7 +169,8 @@ from stubs.fake_env import stand_ins  # noqa: E402,F401 - pytest fixture
 @pytest.fixture(scope="module")
 def trt_bundle(bundle, tmp_path_factory):
     """A copy of the bundle that collects stand-in engines (one per TensorRT version x precision)."""
-    return runtime_bundle.linked_copy(bundle, tmp_path_factory.mktemp("trt") / "bundle")
+    with scratch_dir(tmp_path_factory, "trt") as root:
+        yield runtime_bundle.linked_copy(bundle, root / "bundle")
 
 
 def _build(bundle_dir, precision: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import scratch_dir, write_image_folder
 from test_calibration_models import SPEC, make_bundle
 
 from alexnet_deploy.calibration import histogram, qdq
@@ -20,12 +20,12 @@ ort_quant = pytest.importorskip("onnxruntime.quantization")
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("qdq")
-    images = write_image_folder(root / "images", classes=3, per_class=12, size=32)
-    bundle = make_bundle(root / "bundle", images)
-    data = load_set(images, SPEC, count=24, seed=0)
-    hists = histogram.collect(bundle / "model.onnx", data.images, batch_size=8)
-    return {"root": root, "model": bundle / "model.onnx", "data": data, "hists": hists}
+    with scratch_dir(tmp_path_factory, "qdq") as root:
+        images = write_image_folder(root / "images", classes=3, per_class=12, size=32)
+        bundle = make_bundle(root / "bundle", images)
+        data = load_set(images, SPEC, count=24, seed=0)
+        hists = histogram.collect(bundle / "model.onnx", data.images, batch_size=8)
+        yield {"root": root, "model": bundle / "model.onnx", "data": data, "hists": hists}
 
 
 def _ours(small: dict, method: str = "entropy", keep=()) -> Path:

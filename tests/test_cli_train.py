@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_image_folder
+from conftest import scratch_dir, write_image_folder
 
 pytest.importorskip("torch")
 
@@ -21,14 +21,14 @@ from alexnet_deploy.cli import cli  # noqa: E402
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One tiny run through the CLI, with a --config file that a flag overrides."""
-    root = tmp_path_factory.mktemp("cli")
-    data = write_image_folder(root / "data", classes=3, per_class=6, size=40)
-    (root / "c.toml").write_text('[train]\nepochs = 3\nbatch-size = 6\nimage-size = 63\nval-split = 0.34\n'
-                                 'lr = 0.0002\n')
-    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--config", str(root / "c.toml"),
-                                      "--epochs", "1", "--out", str(root / "run"), "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    return root
+    with scratch_dir(tmp_path_factory, "cli") as root:
+        data = write_image_folder(root / "data", classes=3, per_class=6, size=40)
+        (root / "c.toml").write_text('[train]\nepochs = 3\nbatch-size = 6\nimage-size = 63\nval-split = 0.34\n'
+                                     'lr = 0.0002\n')
+        result = CliRunner().invoke(cli, ["train", "--data", str(data), "--config", str(root / "c.toml"),
+                                          "--epochs", "1", "--out", str(root / "run"), "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        yield root
 
 
 def test_config_file_feeds_defaults_and_flags_override(trained):

@@ -18,7 +18,7 @@ from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, 
 from alexnet_deploy.errors import ExportError
 from alexnet_deploy.export import parity
 from alexnet_deploy.export.onnx import export_bundle, ort_logits
-from conftest import write_image_folder
+from conftest import scratch_dir, write_image_folder
 
 torch = pytest.importorskip("torch")
 
@@ -50,19 +50,19 @@ def trained(tmp_path_factory) -> dict:
     """A briefly trained 3-class AlexNet-2012 (64 px) exported with --fp16, verified on real images."""
     from alexnet_deploy.alexnet.model import build_model
 
-    root = tmp_path_factory.mktemp("export")
-    images = write_image_folder(root / "images", classes=3, per_class=6, size=64)
-    classes, samples = list_class_folder(images)
-    spec = PreprocessSpec.for_image_size(64)
-    x = preprocess([p for p, _ in samples], spec)
-    torch.manual_seed(0)
-    model = build_model("alexnet2012", num_classes=3)
-    train_briefly(model, x, np.array([i for _, i in samples], np.int64))
-    ckpt = save_ckpt(root / "best.pt", model, classes)
-    out = root / "bundle"
-    manifest = export_bundle(ckpt, out, fp16=True, verify_data=images, verify_count=12, lrn="native")
-    return {"root": root, "images": images, "ckpt": ckpt, "out": out, "manifest": manifest, "model": model,
-            "classes": classes, "spec": spec}
+    with scratch_dir(tmp_path_factory, "export") as root:
+        images = write_image_folder(root / "images", classes=3, per_class=6, size=64)
+        classes, samples = list_class_folder(images)
+        spec = PreprocessSpec.for_image_size(64)
+        x = preprocess([p for p, _ in samples], spec)
+        torch.manual_seed(0)
+        model = build_model("alexnet2012", num_classes=3)
+        train_briefly(model, x, np.array([i for _, i in samples], np.int64))
+        ckpt = save_ckpt(root / "best.pt", model, classes)
+        out = root / "bundle"
+        manifest = export_bundle(ckpt, out, fp16=True, verify_data=images, verify_count=12, lrn="native")
+        yield {"root": root, "images": images, "ckpt": ckpt, "out": out, "manifest": manifest, "model": model,
+               "classes": classes, "spec": spec}
 
 
 def test_bundle_files_and_checksums(trained: dict) -> None:

@@ -469,18 +469,18 @@ def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -
 
 
 def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
-    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+    """Build through build-engine's own path (deploy/engines.py): one cache record format, a child
+    process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
+    from alexnet_deploy.deploy.engines import BuildOptions, build_engines
 
-    built = []
+    precisions = [p for p in ("fp32", "fp16", "int8") if manifest.artifact(p) is not None]
     try:
-        for precision in ("fp32", "fp16", "int8"):
-            if manifest.artifact(precision) is not None:
-                step(f"building TensorRT {precision} engine")
-                manifest = register_engine(out, build_engine(out, precision, max_batch=cfg.max_batch))
-                built.append(manifest.artifact(precision, kind="trt-plan").file)
+        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch),
+                                on_event=lambda event: step(f"TensorRT {event.precision} {event.kind}: {event.message}"))
     except AlexNetDeployError as exc:
-        return manifest, {"status": "failed", "reason": str(exc), "built": built, "command": command}, exc
-    return manifest, {"status": "built", "engines": built}, None
+        return read_manifest(out), {"status": "failed", "reason": str(exc), "command": command}, exc
+    built = [result.path.relative_to(out).as_posix() for result in results]
+    return read_manifest(out), {"status": "built", "engines": built}, None
 
 
 __all__ = ["DEFAULT_OPSET", "EXPORTER", "ExportConfig", "OnnxExport", "export_bundle", "run_export",
