@@ -3,6 +3,7 @@ bad images reported, held-out sets disjoint from the calibration sample."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -13,7 +14,8 @@ import pytest
 from conftest import write_image_folder
 from PIL import Image
 
-from alexnet_deploy.calibration.dataset import default_cache_dir, load_set, random_set, stratified_split
+from alexnet_deploy.calibration.dataset import (default_cache_dir, load_set, prune_cache, random_set,
+                                                stratified_split)
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, preprocess
 from alexnet_deploy.errors import CalibrationError, DataError
 
@@ -67,6 +69,31 @@ def test_cache_is_reused_when_nothing_changed(folder: Path, tmp_path: Path) -> N
     assert reused.cache_key == built.cache_key and reused.files == built.files
     assert np.array_equal(reused.images, built.images) and np.array_equal(reused.labels, built.labels)
     assert len(list(cache.glob("calib-*.npz"))) == 1
+
+
+def test_cache_is_capped_least_recently_used_first(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    first = load_set(folder, SPEC, count=6, seed=0, cache_dir=cache)
+    one_set = Path(first.cache_path).stat().st_size
+    # Room for two sets: the third write must evict the least recently used one.
+    monkeypatch.setenv("ALEXNET_DEPLOY_CACHE_MAX_GIB", str(2.5 * one_set / 1024**3))
+    second = load_set(folder, SPEC, count=6, seed=1, cache_dir=cache)
+    os.utime(second.cache_path, (1, 1))                        # make seed 1 the oldest...
+    assert load_set(folder, SPEC, count=6, seed=0, cache_dir=cache).cache_hit   # ...and touch seed 0
+    third = load_set(folder, SPEC, count=6, seed=2, cache_dir=cache)
+    remaining = sorted(p.name for p in cache.glob("*.npz"))
+    assert remaining == sorted(Path(s.cache_path).name for s in (first, third))
+    assert load_set(folder, SPEC, count=6, seed=0, cache_dir=cache).cache_hit
+
+
+def test_prune_never_removes_the_set_just_written(tmp_path: Path) -> None:
+    big = tmp_path / "calib-new.npz"
+    big.write_bytes(b"x" * 100)
+    old = tmp_path / "calib-old.npz"
+    old.write_bytes(b"x" * 10)
+    os.utime(old, (1, 1))
+    assert prune_cache(tmp_path, keep=big, budget=50) == [old]
+    assert big.is_file()
 
 
 @pytest.mark.parametrize("change", ["content", "count", "seed", "preprocessing", "file list"])

@@ -7,6 +7,8 @@ or validation). Change any of them and the set is rebuilt; otherwise the cached 
 Caches hold the uint8 crops (4x smaller than float32, and normalizing them again is bit-exact)
 in ``$ALEXNET_DEPLOY_CACHE`` or ``$XDG_CACHE_HOME/alexnet-deploy/calibration`` (default
 ``~/.cache/alexnet-deploy/calibration``), not in the bundle, which is copied to devices.
+The folder is capped at ``$ALEXNET_DEPLOY_CACHE_MAX_GIB`` (default 2 GiB, about 25 sets of 512
+images at 227 px): after each write the least recently used sets are deleted until it fits.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, 
 from alexnet_deploy.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
-
+DEFAULT_CACHE_MAX_GIB = 2.0
 
 
 def default_cache_dir() -> Path:
@@ -37,6 +39,42 @@ def default_cache_dir() -> Path:
         return Path(explicit) / "calibration"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "alexnet-deploy" / "calibration"
+
+
+def cache_budget_bytes() -> int:
+    """The cache folder's size cap, from ``$ALEXNET_DEPLOY_CACHE_MAX_GIB``."""
+    raw = os.environ.get("ALEXNET_DEPLOY_CACHE_MAX_GIB", str(DEFAULT_CACHE_MAX_GIB))
+    try:
+        gib = float(raw)
+    except ValueError:
+        raise CalibrationError(f"ALEXNET_DEPLOY_CACHE_MAX_GIB={raw!r}: expected a number of GiB") from None
+    return int(max(gib, 0.0) * 1024**3)
+
+
+def prune_cache(cache_dir: str | os.PathLike, keep: Path | None = None, budget: int | None = None) -> list[Path]:
+    """Delete the least recently used ``*.npz`` sets (by mtime; hits touch theirs) until the
+    folder holds at most ``budget`` bytes; ``keep`` (the set just written) is never deleted."""
+    budget = cache_budget_bytes() if budget is None else budget
+    entries = []
+    for path in Path(cache_dir).glob("*.npz"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:   # another process pruned it first
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total, removed = 0, []
+    for _, size, path in sorted(entries, key=lambda e: e[0], reverse=True):
+        if path != keep and total + size > budget:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            continue
+        total += size
+    if removed:
+        log.info("calibration cache over %.1f GiB: removed %d least recently used set(s)", budget / 1024**3,
+                 len(removed))
+    return removed
+
+
 Progress = Callable[[int, int], None]
 
 
@@ -120,10 +158,12 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
         cached = _read_cache(cache_path, root, classes, key, spec)
         if cached is not None:
             log.info("%s set: reusing %d cached images from %s", role, len(cached), cache_path)
+            os.utime(cache_path)   # most recently used: the last to be pruned
             return cached
     crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, progress)
     if cache_path is not None:
         _write_cache(cache_path, key, crops, labels, files, skipped)
+        prune_cache(cache_path.parent, keep=cache_path)
     return CalibrationSet(images=normalize(crops, spec), labels=labels, files=files, classes=tuple(classes),
                           root=str(root), cache_key=key, cache_path=str(cache_path) if cache_path else None,
                           skipped=skipped)
