@@ -13,6 +13,7 @@ images at 227 px): after each write the least recently used sets are deleted unt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -158,7 +159,8 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
         cached = _read_cache(cache_path, root, classes, key, spec)
         if cached is not None:
             log.info("%s set: reusing %d cached images from %s", role, len(cached), cache_path)
-            os.utime(cache_path)   # most recently used: the last to be pruned
+            with contextlib.suppress(OSError):   # a read-only shared cache still serves hits
+                os.utime(cache_path)   # most recently used: the last to be pruned
             return cached
     crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, progress)
     if cache_path is not None:
