@@ -162,10 +162,12 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
             with contextlib.suppress(OSError):   # a read-only shared cache still serves hits
                 os.utime(cache_path)   # most recently used: the last to be pruned
             return cached
+    # Read the cap before decoding, so a bad $ALEXNET_DEPLOY_CACHE_MAX_GIB fails before the slow part.
+    budget = cache_budget_bytes() if cache_path is not None else None
     crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, progress)
     if cache_path is not None:
         _write_cache(cache_path, key, crops, labels, files, skipped)
-        prune_cache(cache_path.parent, keep=cache_path)
+        prune_cache(cache_path.parent, keep=cache_path, budget=budget)
     return CalibrationSet(images=normalize(crops, spec), labels=labels, files=files, classes=tuple(classes),
                           root=str(root), cache_key=key, cache_path=str(cache_path) if cache_path else None,
                           skipped=skipped)
