@@ -14,7 +14,8 @@ from conftest import write_image_folder
 torch = pytest.importorskip("torch")
 
 from alexnet_deploy.alexnet.data import (  # noqa: E402
-    BatchStream, crop_flip, decode_eval, decode_train, random_resized_crop, resolve_splits, stratified_split)
+    BatchStream, StreamedSet, choose_cache, crop_flip, decode_eval, decode_train, ram_budget, random_resized_crop,
+    resolve_splits, stratified_split, train_spec)
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess  # noqa: E402
 from alexnet_deploy.errors import DataError  # noqa: E402
 
@@ -182,3 +183,47 @@ def test_batch_stream_shards_are_disjoint_and_equal(tmp_path):
     b.epoch = 1
     assert not torch.equal(next(iter(b))[0], first_a[0])
     assert len(a) == 4 and sum(len(y) for _, y in a) == 14
+
+
+def test_streamed_set_gives_the_same_batches_as_the_ram_cache(tmp_path):
+    root = write_image_folder(tmp_path / "data", classes=2, per_class=7, size=40)
+    _, samples = list_class_folder(root)
+    spec = PreprocessSpec(resize=36, crop=32)
+    cached = BatchStream(decode_train(samples, 36), 4, spec, augment="crop-flip", shuffle=True, seed=5)
+    streamed = BatchStream(StreamedSet(samples, train_spec(36)), 4, spec, augment="crop-flip", shuffle=True, seed=5)
+    pairs = list(zip(cached, streamed))
+    assert len(pairs) == 4
+    for (x_ram, y_ram), (x_stream, y_stream) in pairs:
+        assert torch.equal(x_ram, x_stream) and torch.equal(y_ram, y_stream)
+    shards = [list(BatchStream(StreamedSet(samples, train_spec(36)), 4, spec, rank=r, world=2)) for r in range(2)]
+    assert [sum(len(y) for _, y in shard) for shard in shards] == [7, 7]
+
+
+def test_streamed_set_reports_unreadable_files_once_and_keeps_batch_shape(tmp_path):
+    root = _odd_folder(tmp_path / "data")
+    _, samples = list_class_folder(root)
+    spec = PreprocessSpec(resize=36, crop=32)
+    train_set = StreamedSet(samples, train_spec(36))
+    for _ in range(2):   # the second pass must not read (or report) the bad files again
+        sizes = [len(y) for _, y in BatchStream(train_set, 4, spec, augment="crop-flip")]
+        assert sizes == [4, 4, 3]   # bad slots refilled: every batch keeps its size
+    assert sorted(Path(s.path).name for s in train_set.skipped) == ["empty.jpg", "truncated.jpg"]
+    val_set = StreamedSet(samples, spec, fill=False)
+    assert sum(len(y) for _, y in BatchStream(val_set, 4, spec)) == len(samples) - 2
+    with pytest.raises(DataError, match=r"(empty|truncated)\.jpg.*--strict"):
+        list(BatchStream(StreamedSet(samples, spec, strict=True), 4, spec))
+
+
+def test_cache_choice_and_the_per_process_ram_budget(monkeypatch):
+    assert choose_cache("auto", need=10, budget=100) == "ram"
+    assert choose_cache("auto", need=1000, budget=100) == "stream"
+    assert choose_cache("auto", need=1000, budget=None) == "ram"
+    assert choose_cache("ram", need=1000, budget=100) == "ram"   # then decoding refuses with a clear error
+    assert choose_cache("stream", need=10, budget=100) == "stream"
+    with pytest.raises(DataError, match="--cache 'disk'"):
+        choose_cache("disk", 1, 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = ram_budget()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")   # torchrun --nproc_per_node 4: four caches share the RAM
+    shared = ram_budget()
+    assert alone is not None and shared is not None and abs(shared - alone / 4) < 0.05 * alone

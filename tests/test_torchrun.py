@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("cache", ["ram", "stream"])
+def test_torchrun_two_processes(tmp_path, cache):
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     data = write_image_folder(tmp_path / "data", classes=2, per_class=9, size=40)
@@ -24,7 +25,7 @@ def test_torchrun_two_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "alexnet_deploy", "train", "--data", str(data), "--val-split", "0.34", "--image-size", "63",
            "--epochs", "2", "--batch-size", "4", "--workers", "1", "--lr", "0.0002", "--device", "cpu",
-           "--out", str(out)]
+           "--cache", cache, "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -91,6 +91,17 @@ def test_resume_is_bit_exact(tiny_data, tmp_path):
     assert [m["epoch"] for m in metrics] == [1, 2]
 
 
+def test_streamed_training_equals_ram_cached_training(tiny_data, tmp_path):
+    """--cache stream decodes per batch (for folders over the RAM budget) and must train the same weights."""
+    weights = {}
+    for cache in ("ram", "stream"):
+        out = train(_config(tiny_data, tmp_path / cache, epochs=1, cache=cache))
+        weights[cache] = load_checkpoint(out / "last.pt").model.state_dict()
+        shutil.rmtree(out)
+    for key, value in weights["ram"].items():
+        assert torch.equal(value, weights["stream"][key]), key
+
+
 def test_resume_refuses_a_checkpoint_without_optimizer_state(finished_run, tiny_data, tmp_path):
     out, _ = finished_run
     with pytest.raises(AlexNetDeployError, match="best.pt: has no optimizer state"):
@@ -132,7 +143,8 @@ def test_config_toml_round_trip_and_errors(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"arch": "resnet"}, "--arch"), ({"epochs": 0}, "--epochs"), ({"image_size": 40}, "63 and 512"),
-    ({"image_size": 64, "resize": 60}, "--resize 60"), ({"optimizer": "lion"}, "--optimizer")])
+    ({"image_size": 64, "resize": 60}, "--resize 60"), ({"optimizer": "lion"}, "--optimizer"),
+    ({"cache": "disk"}, "--cache")])
 def test_bad_config_values(kwargs, match):
     with pytest.raises(AlexNetDeployError, match=match):
         TrainConfig(data="x", **kwargs).resolved()

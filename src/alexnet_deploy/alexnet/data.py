@@ -6,6 +6,11 @@ definition's ``load_image``) into a uint8 tensor at the resize size; per batch, 
 and flip are one indexed gather on uint8 and normalisation is one float op, so no workers are
 needed and the model is never starved (``benchmarks/train_throughput.py`` measures it).
 
+A folder too large for the RAM budget is streamed instead (``StreamedSet``): each batch's files are
+decoded by a thread pool while the model works on the previous batch, and under DDP every rank
+decodes only its own shard. Both kinds of set give identical pixels, so a run does not depend on
+which one was used.
+
 The validation cache holds exactly ``deploy.preprocess``'s resized, centre-cropped pixels, so
 validation sees the same input as export and the torch-free runtime.
 """
@@ -15,10 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
 AUGMENTS = ("crop-flip", "random-resized-crop", "none")
+CACHE_MODES = ("auto", "ram", "stream")
+RAM_FRACTION = 0.6  # of MemAvailable, shared by the processes of one machine, for the decoded caches
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,80 @@ class DecodedSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 pixels and labels of each chunk of indices."""
+        for chosen in chunks:
+            yield self.images[chosen], self.labels[chosen]
+
+
+class StreamedSet:
+    """Samples decoded per batch (for folders larger than the RAM budget), with the same pixels as
+    ``DecodedSet``. An unreadable file is reported once by path and never read again; in training
+    (``fill=True``) its slot takes the next readable image of the batch so every rank keeps the same
+    batch shape, in evaluation (``fill=False``) it is dropped. ``strict`` makes it fatal."""
+
+    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
+                 fill: bool = True):
+        self.samples = tuple(samples)
+        self.spec, self.strict, self.fill = spec, strict, fill
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        self.workers = max(1, workers)
+        self._bad: dict[int, SkippedFile] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self) -> tuple[SkippedFile, ...]:
+        with self._lock:
+            return tuple(self._bad.values())
+
+    def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Like ``DecodedSet.batches``; the next chunk is decoded while the caller uses this one."""
+        with ThreadPoolExecutor(max_workers=self.workers) as decoders, ThreadPoolExecutor(max_workers=1) as ahead:
+            pending = None
+            for chosen in chunks:
+                upcoming = ahead.submit(self._load, chosen, decoders)
+                if pending is not None:
+                    yield pending.result()
+                pending = upcoming
+            if pending is not None:
+                yield pending.result()
+
+    def _load(self, chosen: torch.Tensor, decoders: ThreadPoolExecutor) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = [int(i) for i in chosen]
+        arrays = list(decoders.map(self._decode_index, indices))
+        good = [k for k, array in enumerate(arrays) if array is not None]
+        if not good:
+            if self.fill:
+                paths = ", ".join(str(self.samples[i][0]) for i in indices[:3])
+                raise DataError(f"every image of a batch is unreadable ({paths} ...); check the data folder")
+            size = self.spec.crop
+            return torch.empty((0, 3, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        if self.fill:   # a bad slot takes the next readable image of the batch (deterministic: no RNG)
+            slots = [k if arrays[k] is not None else next((g for g in good if g > k), good[0])
+                     for k in range(len(arrays))]
+        else:
+            slots = good
+        pixels = torch.from_numpy(np.stack([arrays[k] for k in slots]))
+        return pixels, self.labels[[indices[k] for k in slots]]
+
+    def _decode_index(self, index: int) -> np.ndarray | None:
+        if index in self._bad:
+            return None
+        path = self.samples[index][0]
+        try:
+            return _decode_one(path, self.spec)
+        except DataError as exc:
+            if self.strict:
+                raise DataError(f"{exc} (--strict stops at unreadable files)") from exc
+            with self._lock:
+                if index not in self._bad:
+                    log.warning("skipping %s", exc)
+                    self._bad[index] = SkippedFile(str(path), str(exc))
+            return None
 
 
 def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None,
@@ -120,18 +202,45 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> t
     return sorted(train), sorted(held)
 
 
+def train_spec(resize: int) -> PreprocessSpec:
+    """Training pixels: shorter side to ``resize``, centre square ``resize`` x ``resize``
+    (the random crop is taken from it per batch)."""
+    return PreprocessSpec(resize=resize, crop=resize)
+
+
 def decode_train(samples: Sequence[Sample], resize: int, *, strict: bool = False, workers: int = 2,
                  progress: Callable[[int], None] | None = None) -> DecodedSet:
-    """Decode for training: shorter side to ``resize``, centre square ``resize`` x ``resize``
-    (the random crop is taken from it per batch)."""
-    spec = PreprocessSpec(resize=resize, crop=resize)
-    return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
+    """Decode the training set into RAM at ``train_spec(resize)``."""
+    return _decode(samples, train_spec(resize), strict=strict, workers=workers, progress=progress)
 
 
 def decode_eval(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
                 progress: Callable[[int], None] | None = None) -> DecodedSet:
     """Decode for evaluation: exactly ``deploy.preprocess``'s resize + centre crop, as uint8."""
     return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
+
+
+def cache_bytes(count: int, size: int) -> int:
+    """RAM a decoded uint8 cache of ``count`` images at ``size`` x ``size`` takes."""
+    return count * 3 * size * size
+
+
+def ram_budget() -> int | None:
+    """Bytes this process may use for decoded caches: a share of MemAvailable split between the
+    processes torchrun starts on this machine (they decode at the same time). None if unknown."""
+    avail = _available_memory()
+    if avail is None:
+        return None
+    return int(RAM_FRACTION * avail) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def choose_cache(mode: str, need: int, budget: int | None) -> str:
+    """'ram' or 'stream' for ``--cache mode`` given the bytes needed and the RAM budget."""
+    if mode not in CACHE_MODES:
+        raise DataError(f"--cache {mode!r}: expected one of {', '.join(CACHE_MODES)}")
+    if mode != "auto":
+        return mode
+    return "ram" if budget is None or need <= budget else "stream"
 
 
 def _decode_one(path: Path, spec: PreprocessSpec) -> np.ndarray:
@@ -171,12 +280,11 @@ def _decode(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool, wo
 
 
 def _check_cache_size(count: int, size: int) -> None:
-    need = count * 3 * size * size
-    avail = _available_memory()
-    if avail is not None and need > 0.6 * avail:
-        raise DataError(f"decoding {count} images at {size} px needs {need / 2**30:.1f} GiB of RAM but only "
-                        f"{avail / 2**30:.1f} GiB is available; use --max-per-class, a smaller --resize, "
-                        "or fewer images")
+    need, budget = cache_bytes(count, size), ram_budget()
+    if budget is not None and need > budget:
+        raise DataError(f"decoding {count} images at {size} px needs {need / 2**30:.1f} GiB of RAM but the "
+                        f"budget is {budget / 2**30:.1f} GiB; use --cache stream (decode per batch), "
+                        "--max-per-class or a smaller --resize")
 
 
 def _available_memory() -> int | None:
@@ -236,13 +344,13 @@ def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generat
 
 
 class BatchStream:
-    """Seeded, shardable batches from a DecodedSet.
+    """Seeded, shardable batches from a DecodedSet or StreamedSet.
 
     ``rank``/``world`` split the samples of each epoch's global permutation so that every process
     sees a different part and all processes make the same number of steps (what DDP needs).
     """
 
-    def __init__(self, data: DecodedSet, batch_size: int, spec: PreprocessSpec, *, augment: str = "none",
+    def __init__(self, data: DecodedSet | StreamedSet, batch_size: int, spec: PreprocessSpec, *, augment: str = "none",
                  shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False,
                  equal_steps: bool = True):
         if augment not in AUGMENTS:
@@ -269,9 +377,10 @@ class BatchStream:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank)
         idx = self.indices()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            chosen = idx[start:start + self.batch_size]
-            yield self._transform(self.data.images[chosen], generator), self.data.labels[chosen]
+        chunks = (idx[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size,
+                                                                          self.batch_size))
+        for pixels, labels in self.data.batches(chunks):
+            yield self._transform(pixels, generator), labels
 
     def _transform(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         crop = self.spec.crop
@@ -285,5 +394,6 @@ class BatchStream:
         return normalize(pixels, self.spec)
 
 
-__all__ = ["Splits", "SkippedFile", "DecodedSet", "AUGMENTS", "resolve_splits", "stratified_split",
-           "decode_train", "decode_eval", "normalize", "crop_flip", "random_resized_crop", "BatchStream"]
+__all__ = ["Splits", "SkippedFile", "DecodedSet", "StreamedSet", "AUGMENTS", "CACHE_MODES", "resolve_splits",
+           "stratified_split", "train_spec", "decode_train", "decode_eval", "cache_bytes", "ram_budget",
+           "choose_cache", "normalize", "crop_flip", "random_resized_crop", "BatchStream"]

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
-from alexnet_deploy.alexnet.data import AUGMENTS, BatchStream, DecodedSet, decode_eval, decode_train, resolve_splits
+from alexnet_deploy.alexnet.data import (
+    AUGMENTS, CACHE_MODES, BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval, decode_train,
+    ram_budget, resolve_splits, train_spec)
 from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
 from alexnet_deploy.deploy.files import atomic_write_text
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
@@ -79,6 +81,7 @@ class TrainConfig:
     clip_grad: float | None = None
     dropout: float = 0.5
     augment: str = "crop-flip"
+    cache: str = "auto"  # decoded images in RAM, or decoded per batch when they do not fit
     amp: bool = False
     strict: bool = False
     tensorboard: bool = False
@@ -93,7 +96,8 @@ class TrainConfig:
         return dataclasses.replace(self, image_size=image_size, resize=resize, **values)
 
     def validate(self) -> None:
-        choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "optimizer": OPTIMIZERS,
+        choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "cache": CACHE_MODES,
+                   "optimizer": OPTIMIZERS,
                    "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -217,9 +221,14 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
         progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                          f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
+    reported = 0   # streamed sets find unreadable files as they go: report the new ones per epoch
     for epoch in range(start, config.epochs):
         row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
                          epoch, progress)
+        if isinstance(train_set, StreamedSet):
+            skipped = train_set.skipped + val_set.skipped
+            _report_skipped(skipped[reported:], progress)
+            reported = len(skipped)
         best = max(best, row["val_top1"])
         row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
         history.append(row)
@@ -233,21 +242,36 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
     return out
 
 
+Dataset = DecodedSet | StreamedSet
+
+
 def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
-                   progress: TrainProgress) -> tuple[DecodedSet, DecodedSet]:
+                   progress: TrainProgress) -> tuple[Dataset, Dataset]:
+    """Decode both splits into RAM, or stream them (``--cache``; auto streams what exceeds the budget)."""
+    need = cache_bytes(len(splits.train), config.resize) + cache_bytes(len(splits.val), spec.crop)
+    budget = ram_budget()
+    if choose_cache(config.cache, need, budget) == "stream":
+        if config.cache == "auto":
+            progress.message(f"decoded images would need {need / 2**30:.1f} GiB, over the RAM budget of "
+                             f"{(budget or 0) / 2**30:.1f} GiB: decoding each batch as it is needed (--cache stream)")
+        return (StreamedSet(splits.train, train_spec(config.resize), strict=config.strict, workers=config.workers),
+                StreamedSet(splits.val, spec, strict=config.strict, workers=config.workers, fill=False))
     progress.phase("decode train", len(splits.train))
     train_set = decode_train(splits.train, config.resize, strict=config.strict, workers=config.workers,
                              progress=progress.advance)
     progress.phase("decode val", len(splits.val))
     val_set = decode_eval(splits.val, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
-    skipped = train_set.skipped + val_set.skipped
+    _report_skipped(train_set.skipped + val_set.skipped, progress)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise AlexNetDeployError(f"{config.data}: no readable training or validation images left")
+    return train_set, val_set
+
+
+def _report_skipped(skipped, progress: TrainProgress) -> None:
     if skipped:
         shown = "; ".join(s.reason for s in skipped[:3])
         progress.message(f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
                          + (" ..." if len(skipped) > 3 else ""))
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise AlexNetDeployError(f"{config.data}: no readable training or validation images left")
-    return train_set, val_set
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -43,6 +43,8 @@ def _train_options(func):
         click.option("--clip-grad", type=float, help="Clip the gradient norm (0 = off; recipes use 1.0)."),
         click.option("--dropout", type=float, help="Dropout in the classifier (default 0.5)."),
         click.option("--augment", type=click.Choice(["crop-flip", "random-resized-crop", "none"]), help="Training augmentation (default crop-flip)."),
+        click.option("--cache", type=click.Choice(["auto", "ram", "stream"]),
+                     help="Decoded images: kept in RAM, or decoded per batch (default auto: RAM when they fit)."),
         click.option("--amp/--no-amp", default=None, help="Mixed precision: bf16 on CPU, fp16 on CUDA."),
         click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
