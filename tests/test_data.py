@@ -227,3 +227,26 @@ def test_cache_choice_and_the_per_process_ram_budget(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")   # torchrun --nproc_per_node 4: four caches share the RAM
     shared = ram_budget()
     assert alone is not None and shared is not None and abs(shared - alone / 4) < 0.05 * alone
+
+
+def test_one_ahead_keeps_order_overlaps_the_next_item_and_raises_in_place():
+    import threading
+
+    from alexnet_deploy.deploy.preprocess import one_ahead
+
+    started = {i: threading.Event() for i in range(4)}
+
+    def work(i: int) -> int:
+        started[i].set()
+        if i == 3:
+            raise DataError("item 3 is unreadable")
+        return i * 10
+
+    results = one_ahead(work, range(4))
+    assert next(results) == 0
+    # While the caller holds item 0, item 1 is already being worked on (no timing assumptions: an event).
+    assert started[1].wait(timeout=30)
+    assert [next(results), next(results)] == [10, 20]
+    with pytest.raises(DataError, match="item 3"):
+        next(results)
+    assert list(one_ahead(work, [])) == []

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, one_ahead, resize_and_crop
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,8 @@ class StreamedSet:
 
     def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Like ``DecodedSet.batches``; the next chunk is decoded while the caller uses this one."""
-        with ThreadPoolExecutor(max_workers=self.workers) as decoders, ThreadPoolExecutor(max_workers=1) as ahead:
-            pending = None
-            for chosen in chunks:
-                upcoming = ahead.submit(self._load, chosen, decoders)
-                if pending is not None:
-                    yield pending.result()
-                pending = upcoming
-            if pending is not None:
-                yield pending.result()
+        with ThreadPoolExecutor(max_workers=self.workers) as decoders:
+            yield from one_ahead(lambda chosen: self._load(chosen, decoders), chunks)
 
     def _load(self, chosen: torch.Tensor, decoders: ThreadPoolExecutor) -> tuple[torch.Tensor, torch.Tensor]:
         indices = [int(i) for i in chosen]

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from alexnet_deploy.errors import DataError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -197,6 +200,23 @@ def preprocess_threaded(images: Sequence[Image.Image | str | os.PathLike], spec:
     return out
 
 
+def one_ahead(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``work(item)`` for each item, in order, with the next item's work running in a background
+    thread while the caller uses the current result: decoding batch i + 1 overlaps inference (or
+    training) on batch i. An exception in ``work`` is raised where its result is taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = None
+        for item in items:
+            upcoming = ahead.submit(work, item)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
 def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files as given plus, for each directory, its image files (recursive, sorted, hidden skipped).
 
@@ -218,6 +238,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "PreprocessSpec", "is_image_file",
-    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "image_files", "list_class_folder",
+    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "one_ahead", "image_files",
+    "list_class_folder",
     "top_k", "softmax",
 ]
