@@ -221,14 +221,14 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
         progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                          f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
-    reported = 0   # streamed sets find unreadable files as they go: report the new ones per epoch
+    reported: set[str] = set()   # streamed sets find unreadable files as they go: report new ones per epoch
     for epoch in range(start, config.epochs):
         row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
                          epoch, progress)
         if isinstance(train_set, StreamedSet):
-            skipped = train_set.skipped + val_set.skipped
-            _report_skipped(skipped[reported:], progress)
-            reported = len(skipped)
+            new = [s for s in train_set.skipped + val_set.skipped if s.path not in reported]
+            _report_skipped(new, progress)
+            reported.update(s.path for s in new)
         best = max(best, row["val_top1"])
         row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
         history.append(row)
