@@ -13,7 +13,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1/6 train AlexNet-2012 at 64 px on $DATA/train ($EPOCHS epochs; a real run uses the full dataset)"
 alexnet-deploy train --data "$DATA/train" --val "$DATA/val" --out "$OUT/run" \
-  --image-size 64 --epochs "$EPOCHS" --batch-size 32 --seed 0
+  --image-size 64 --resize 64 --epochs "$EPOCHS" --batch-size 32 --seed 0
 
 step "2/6 predict with the checkpoint"
 alexnet-deploy predict "$OUT/run/best.pt" "$DATA/val/cat" --topk 3 | head -n 12

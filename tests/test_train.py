@@ -117,6 +117,7 @@ def test_paper_recipe_is_exact():
     overridden = TrainConfig(data="x", recipe="paper", lr=0.02, schedule="cosine").resolved()
     assert (overridden.lr, overridden.schedule, overridden.optimizer) == (0.02, "cosine", "sgd")
     assert RECIPES["default"]["optimizer"] == "adamw"
+    assert (config.batch_size, TrainConfig(data="x").resolved().batch_size) == (128, 64)
 
 
 def test_lr_schedules():

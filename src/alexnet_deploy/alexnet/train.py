@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 RECIPES: dict[str, dict[str, Any]] = {
     # Krizhevsky et al. 2012, section 5.
     "paper": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-              "warmup_epochs": 0.0, "label_smoothing": 0.0, "clip_grad": 1.0, "init": "paper"},
+              "warmup_epochs": 0.0, "label_smoothing": 0.0, "clip_grad": 1.0, "init": "paper", "batch_size": 128},
     # Measured on CIFAR-10 at 64 px on 2 CPU cores (README "Results").
+    # Batch 64 (twice the steps) matched 128 after 5 epochs, ran faster per epoch on 2 cores and led mid-run.
     "default": {"optimizer": "adamw", "lr": 5e-4, "momentum": 0.9, "weight_decay": 0.05, "schedule": "cosine",
-                "warmup_epochs": 0.3, "label_smoothing": 0.1, "clip_grad": 1.0, "init": "default"},
+                "warmup_epochs": 0.3, "label_smoothing": 0.1, "clip_grad": 1.0, "init": "default", "batch_size": 64},
 }
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -61,7 +62,7 @@ class TrainConfig:
     out: str = "runs/train"
     arch: str = "alexnet2012"
     epochs: int = 5
-    batch_size: int = 128
+    batch_size: int | None = None
     lr: float | None = None
     image_size: int | None = None
     resize: int | None = None

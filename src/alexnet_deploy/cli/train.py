@@ -22,7 +22,7 @@ def _train_options(func):
         click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/train)."),
         click.option("--arch", type=_CHOICE_ARCH, help="alexnet2012 (paper, LRN) or torchvision (default alexnet2012)."),
         click.option("--epochs", type=int, help="Epochs (default 5)."),
-        click.option("--batch-size", type=int, help="Batch size per process (default 128)."),
+        click.option("--batch-size", type=int, help="Batch size per process (default: the recipe's, 64 default / 128 paper)."),
         click.option("--lr", type=float, help="Peak learning rate (default: the recipe's)."),
         click.option("--image-size", type=int, help="Crop size, 63..512 (default 227 alexnet2012, 224 torchvision)."),
         click.option("--resize", type=int, help="Shorter side before cropping (default image-size*256/224)."),
