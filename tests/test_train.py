@@ -102,6 +102,21 @@ def test_streamed_training_equals_ram_cached_training(tiny_data, tmp_path):
         assert torch.equal(value, weights["stream"][key]), key
 
 
+def test_auto_cache_streams_only_the_split_over_the_ram_budget(tiny_data, tmp_path, monkeypatch):
+    import alexnet_deploy.alexnet.train as train_module
+
+    # Budget for the 6 val images at 63 px but not the 18 train images at 66 px (real RAM cannot shrink).
+    monkeypatch.setattr(train_module, "ram_budget", lambda: 6 * 3 * 63 * 63 + 1)
+    progress = _Recorder()
+    messages: list[str] = []
+    progress.message = messages.append
+    out = train(_config(tiny_data, tmp_path / "run", epochs=1), progress)
+    assert [p for p in progress.phases if p[0].startswith("decode")] == [("decode val", 6)]
+    assert any(m.startswith("train: decoded images would need") for m in messages), messages
+    assert progress.rows[0]["train_images"] == 18 and progress.rows[0]["val_images"] == 6
+    shutil.rmtree(out)
+
+
 def test_resume_refuses_a_checkpoint_without_optimizer_state(finished_run, tiny_data, tmp_path):
     out, _ = finished_run
     with pytest.raises(AlexNetDeployError, match="best.pt: has no optimizer state"):

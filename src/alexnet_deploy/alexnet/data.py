@@ -209,7 +209,8 @@ def decode_train(samples: Sequence[Sample], resize: int, *, strict: bool = False
 
 def decode_eval(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
                 progress: Callable[[int], None] | None = None) -> DecodedSet:
-    """Decode for evaluation: exactly ``deploy.preprocess``'s resize + centre crop, as uint8."""
+    """Decode into RAM at exactly ``deploy.preprocess``'s resize + centre crop, as uint8 (evaluation
+    data; training data uses ``train_spec(resize)``)."""
     return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_deploy.alexnet.data import (
-    AUGMENTS, CACHE_MODES, BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval, decode_train,
+    AUGMENTS, CACHE_MODES, BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval,
     ram_budget, resolve_splits, train_spec)
 from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
 from alexnet_deploy.deploy.files import atomic_write_text
@@ -222,12 +222,13 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
         progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                          f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
+    streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]
     reported: set[str] = set()   # streamed sets find unreadable files as they go: report new ones per epoch
     for epoch in range(start, config.epochs):
         row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
                          epoch, progress)
-        if isinstance(train_set, StreamedSet):
-            new = [s for s in train_set.skipped + val_set.skipped if s.path not in reported]
+        if streamed:
+            new = [skip for s in streamed for skip in s.skipped if skip.path not in reported]
             _report_skipped(new, progress)
             reported.update(s.path for s in new)
         best = max(best, row["val_top1"])
@@ -248,24 +249,30 @@ Dataset = DecodedSet | StreamedSet
 
 def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
                    progress: TrainProgress) -> tuple[Dataset, Dataset]:
-    """Decode both splits into RAM, or stream them (``--cache``; auto streams what exceeds the budget)."""
-    need = cache_bytes(len(splits.train), config.resize) + cache_bytes(len(splits.val), spec.crop)
+    """Each split decoded into RAM or streamed (``--cache``; auto keeps in RAM what fits the budget,
+    the training set first)."""
     budget = ram_budget()
-    if choose_cache(config.cache, need, budget) == "stream":
-        if config.cache == "auto":
-            progress.message(f"decoded images would need {need / 2**30:.1f} GiB, over the RAM budget of "
-                             f"{(budget or 0) / 2**30:.1f} GiB: decoding each batch as it is needed (--cache stream)")
-        return (StreamedSet(splits.train, train_spec(config.resize), strict=config.strict, workers=config.workers),
-                StreamedSet(splits.val, spec, strict=config.strict, workers=config.workers, fill=False))
-    progress.phase("decode train", len(splits.train))
-    train_set = decode_train(splits.train, config.resize, strict=config.strict, workers=config.workers,
-                             progress=progress.advance)
-    progress.phase("decode val", len(splits.val))
-    val_set = decode_eval(splits.val, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
-    _report_skipped(train_set.skipped + val_set.skipped, progress)
-    if len(train_set) == 0 or len(val_set) == 0:
+    train_set = _load_split("train", splits.train, train_spec(config.resize), config, budget, progress)
+    if budget is not None and isinstance(train_set, DecodedSet):
+        budget -= cache_bytes(len(splits.train), config.resize)
+    val_set = _load_split("val", splits.val, spec, config, budget, progress)
+    decoded = [s for s in (train_set, val_set) if isinstance(s, DecodedSet)]
+    _report_skipped([skip for s in decoded for skip in s.skipped], progress)
+    if any(len(s) == 0 for s in decoded):
         raise AlexNetDeployError(f"{config.data}: no readable training or validation images left")
     return train_set, val_set
+
+
+def _load_split(name: str, samples, spec: PreprocessSpec, config: TrainConfig, budget: int | None,
+                progress: TrainProgress) -> Dataset:
+    need = cache_bytes(len(samples), spec.crop)
+    if choose_cache(config.cache, need, budget) == "stream":
+        if config.cache == "auto":
+            progress.message(f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM budget "
+                             f"left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
+        return StreamedSet(samples, spec, strict=config.strict, workers=config.workers, fill=name == "train")
+    progress.phase(f"decode {name}", len(samples))
+    return decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
 
 
 def _report_skipped(skipped, progress: TrainProgress) -> None:
