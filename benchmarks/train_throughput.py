@@ -4,7 +4,7 @@ Both sides run the library's own training step (``alexnet.train.train_one_epoch`
 backward, clipping, optimizer and scheduler step) on the same model, batch size and crop size. The
 only difference is where the batches come from:
 
-* pipeline: ``BatchStream`` over the decoded uint8 cache (random crop + flip + normalize per batch),
+* RAM cache: ``BatchStream`` over the decoded uint8 cache (random crop + flip + normalize per batch),
   the path ``alexnet-deploy train`` uses;
 * streamed: ``BatchStream`` over a ``StreamedSet`` (``--cache stream``, what folders over the RAM
   budget use): every batch's JPEGs decoded by threads while the model trains on the previous batch;
