@@ -5,7 +5,7 @@ backward, clipping, optimizer and scheduler step) on the same model, batch size 
 only difference is where the batches come from:
 
 * RAM cache: ``BatchStream`` over the decoded uint8 cache (random crop + flip + normalize per batch),
-  the path ``alexnet-deploy train`` uses;
+  the path ``alexnet-deploy train`` uses when the decoded images fit in RAM;
 * streamed: ``BatchStream`` over a ``StreamedSet`` (``--cache stream``, what folders over the RAM
   budget use): every batch's JPEGs decoded by threads while the model trains on the previous batch;
 * in-memory: the same number of ready float32 tensors made before timing.
