@@ -173,10 +173,12 @@ def trt_bundle(bundle, tmp_path_factory):
         yield runtime_bundle.linked_copy(bundle, root / "bundle")
 
 
-def _build(bundle_dir, precision: str):
-    from alexnet_deploy.export.tensorrt import build_engine, register_engine
+def _build(bundle_dir, precision: str, **options):
+    """Build (or reuse) a stand-in engine the way `build-engine` does: cached, in a child process
+    (the stand_ins fixture put the stand-in modules on the child's PYTHONPATH)."""
+    from alexnet_deploy.deploy.engines import BuildOptions, ensure_engine
 
-    register_engine(bundle_dir, build_engine(bundle_dir, precision, timing_cache=False))
+    return ensure_engine(bundle_dir, precision, BuildOptions(**options))
 
 
 @pytest.mark.parametrize(("version", "precision"), [("10.3.0", "fp32"), ("8.6.1", "fp16"), ("10.3.0", "fp16"),
@@ -234,11 +236,9 @@ def test_auto_prefers_trt_and_bench_runs_it(stand_ins, trt_bundle):
 
 
 def test_trt_version_compatible_plan_loads_on_a_newer_tensorrt(stand_ins, bundle, tmp_path):
-    from alexnet_deploy.export.tensorrt import build_engine, register_engine
-
     copy = runtime_bundle.linked_copy(bundle, tmp_path / "b")
     stand_ins(trt_version="10.3.0")
-    register_engine(copy, build_engine(copy, "fp16", version_compatible=True, timing_cache=False))
+    _build(copy, "fp16", version_compatible=True)
     stand_ins(trt_version="11.1.0")  # TRT 10 VC plans run on TRT 11 (the stand-in needs host code allowed)
     with load(copy, backend="trt", precision="fp16") as model:
         assert model.infer(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 3)
@@ -248,11 +248,9 @@ def test_trt_version_compatible_plan_loads_on_a_newer_tensorrt(stand_ins, bundle
 
 
 def test_trt_max_batch_follows_the_engine_profile(stand_ins, bundle, tmp_path, reference):
-    from alexnet_deploy.export.tensorrt import build_engine, register_engine
-
     copy = runtime_bundle.linked_copy(bundle, tmp_path / "b")
     stand_ins(trt_version="10.3.0")
-    register_engine(copy, build_engine(copy, "fp16", max_batch=2, timing_cache=False))
+    _build(copy, "fp16", max_batch=2)
     with load(copy, backend="trt", precision="fp16") as model:
         assert model.max_batch == 2  # the bundle says 4, the engine was built for 2
         assert model.infer_all(reference[0][:5]).shape == (5, 3)

@@ -264,13 +264,15 @@ def test_plan_runs_in_the_stand_in_runtime(stand_ins, bundle: Path) -> None:
     assert other.Runtime(other.Logger(other.Logger.ERROR)).deserialize_cuda_engine(info.path.read_bytes()) is None
 
 
-def test_register_engine_adds_a_checked_artifact(stand_ins, bundle: Path) -> None:
+def test_a_built_engine_becomes_a_checked_artifact(stand_ins, bundle: Path) -> None:
+    from alexnet_deploy.deploy.engines import BuildOptions, ensure_engine
+
     stand_ins(trt_version="10.3.0")
-    info = builder.build_engine(bundle, "int8")
-    manifest = builder.register_engine(bundle, info)
-    entry = manifest.artifact("int8", kind="trt-plan")
-    assert entry.file == info.file and entry.sha256 == info.plan_sha256
-    assert entry.built_with["sidecar"] == info.sidecar and entry.built_with["tensorrt"] == "10.3.0"
+    result = ensure_engine(bundle, "int8", BuildOptions())   # what export and build-engine call
+    entry = read_manifest(bundle).artifact("int8", kind="trt-plan")
+    assert bundle / entry.file == result.path and not result.cached
+    sidecar = json.loads((bundle / entry.built_with["sidecar"]).read_text())
+    assert entry.sha256 == sidecar["plan"]["sha256"] and entry.built_with["tensorrt"] == "10.3.0"
     assert len(verify_artifacts(bundle)) == len(read_manifest(bundle).artifacts)
 
 

@@ -340,7 +340,7 @@ class _BundleLock:
 
 
 def _sidecar_facts(bundle: Path, sidecar: str | None) -> dict:
-    """The fields export.tensorrt.register_engine records, read from the engine's JSON sidecar."""
+    """The engine's facts for its manifest entry, read from its JSON sidecar."""
     if not sidecar or not (bundle / sidecar).is_file():
         return {}
     try:

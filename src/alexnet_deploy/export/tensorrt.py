@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text
 from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency
 
@@ -397,8 +397,9 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: in
 
     ``max_batch`` defaults to the manifest's; the profile is min 1 / opt ``opt_batch`` (default
     max_batch // 2) / max ``max_batch``. ``timing_cache``: None = a per-TensorRT/GPU cache file in
-    the bundle's engines/ folder, False = none, or a path. Does not touch the manifest (see
-    register_engine). Raises MissingDependency / BackendUnavailable without TensorRT or a GPU and
+    the bundle's engines/ folder, False = none, or a path. Does not touch the manifest
+    (``deploy.engines.ensure_engine`` records the engine there, with its cache key). Raises
+    MissingDependency / BackendUnavailable without TensorRT or a GPU and
     ExportError when parsing or building fails (parser errors name the node).
     """
     bundle = Path(bundle_dir)
@@ -475,18 +476,6 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def register_engine(bundle_dir: str | os.PathLike, info: EngineInfo) -> Manifest:
-    """Add the engine to the bundle's manifest (kind trt-plan) and return the new manifest."""
-    bundle = Path(bundle_dir)
-    built_with = {"sidecar": info.sidecar, "tensorrt": info.trt_version, "gpu": info.gpu.name,
-                  "compute_capability": info.gpu.compute_capability, "profile": info.profile,
-                  "source_onnx_sha256": info.meta.get("source_onnx", {}).get("sha256")}
-    manifest = read_manifest(bundle).with_artifact(make_artifact(bundle, info.file, "trt-plan", info.precision,
-                                                                 built_with))
-    write_manifest(bundle, manifest)
-    return manifest
-
-
 __all__ = ["ENGINE_DIR", "GpuInfo", "BuildRoute", "EngineInfo", "import_tensorrt", "import_cudart", "gpu_info",
            "tensorrt_available", "choose_route", "network_flags", "parse_onnx", "configure", "make_profile",
-           "timing_cache_path", "engine_name", "build_engine", "register_engine"]
+           "timing_cache_path", "engine_name", "build_engine"]
