@@ -98,8 +98,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "cache": CACHE_MODES,
-                   "optimizer": OPTIMIZERS,
-                   "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
+                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
