@@ -87,6 +87,7 @@ class StreamedSet:
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
         self.workers = max(1, workers)
         self._bad: dict[int, SkippedFile] = {}
+        self._drained = 0   # how many of _bad drain_skipped has handed out
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -96,6 +97,13 @@ class StreamedSet:
     def skipped(self) -> tuple[SkippedFile, ...]:
         with self._lock:
             return tuple(self._bad.values())
+
+    def drain_skipped(self) -> tuple[SkippedFile, ...]:
+        """Unreadable files found since the last call (training reports them once, per epoch)."""
+        with self._lock:
+            found = tuple(self._bad.values())[self._drained:]
+            self._drained += len(found)
+        return found
 
     def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Like ``DecodedSet.batches``; the next chunk is decoded while the caller uses this one."""

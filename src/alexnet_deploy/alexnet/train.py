@@ -221,15 +221,11 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
         progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                          f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
-    streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]
-    reported: set[str] = set()   # streamed sets find unreadable files as they go: report new ones per epoch
+    streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]   # find bad files as they go
     for epoch in range(start, config.epochs):
         row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
                          epoch, progress)
-        if streamed:
-            new = [skip for s in streamed for skip in s.skipped if skip.path not in reported]
-            _report_skipped(new, progress)
-            reported.update(s.path for s in new)
+        _report_skipped([skip for s in streamed for skip in s.drain_skipped()], progress)
         best = max(best, row["val_top1"])
         row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
         history.append(row)
