@@ -46,7 +46,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "grad_norm",
                  "epoch_seconds", "train_images_per_s", "train_images", "val_images", "elapsed_seconds",
                  "best_val_top1")
 
@@ -222,20 +222,24 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
                          f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]   # find bad files as they go
-    for epoch in range(start, config.epochs):
-        row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
-                         epoch, progress)
-        _report_skipped([skip for s in streamed for skip in s.drain_skipped()], progress)
-        best = max(best, row["val_top1"])
-        row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
-        history.append(row)
-        if dist.main:
-            _write_epoch(config, out, model, splits.classes, spec, row, history, optimizer, scheduler, scaler)
-            if loggers:
-                loggers.log(row)
-            progress.epoch_end(row)
-    if loggers:
-        loggers.close()
+    completed = False
+    try:
+        for epoch in range(start, config.epochs):
+            row = _run_epoch(config, dist, wrapped, optimizer, scheduler, scaler, train_set, val_set, spec,
+                             epoch, progress)
+            _report_skipped([skip for s in streamed for skip in s.drain_skipped()], progress)
+            best = max(best, row["val_top1"])
+            row.update(elapsed_seconds=time.perf_counter() - clock, best_val_top1=best)
+            history.append(row)
+            if dist.main:
+                _write_epoch(config, out, model, splits.classes, spec, row, history, optimizer, scheduler, scaler)
+                if loggers:
+                    loggers.log(row)
+                progress.epoch_end(row)
+        completed = True
+    finally:  # an interrupted run still flushes what its loggers have, marked as failed
+        if loggers:
+            loggers.close(failed=not completed)
     return out
 
 
@@ -325,7 +329,8 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
     val_sums = _val_for_all_ranks(val, dist)
     return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],
             "val_loss": val_sums[0] / val_sums[3], "val_top1": val_sums[1] / val_sums[3],
-            "val_top5": val_sums[2] / val_sums[3], "lr": lr, "epoch_seconds": seconds,
+            "val_top5": val_sums[2] / val_sums[3], "lr": lr, "grad_norm": sums[3] / max(sums[4], 1.0),
+            "epoch_seconds": seconds,
             "train_images_per_s": sums[2] / seconds, "train_images": int(sums[2]), "val_images": int(val_sums[3])}
 
 
@@ -335,10 +340,12 @@ def _autocast(device: str, enabled: bool):
 
 
 def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable, progress) -> list[float]:
-    """One pass; returns [loss sum, correct, count] summed over all ranks."""
+    """One pass; returns [loss sum, correct, count, gradient-norm sum, steps] summed over all ranks.
+
+    The gradient norm is the global L2 norm before clipping (what a diverging run shows first)."""
     model.train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(5, dtype=torch.float64)
     for images, labels in stream:
         images, labels = images.to(dist.device, non_blocking=True), labels.to(dist.device, non_blocking=True)
         with _autocast(dist.device, config.amp):
@@ -348,14 +355,16 @@ def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: I
             raise AlexNetDeployError(f"training diverged (loss {loss.item()}); lower --lr or use --clip-grad")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if config.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        scaler.unscale_(optimizer)  # the norm of the true gradients; a no-op without a CUDA scaler
+        # Without --clip-grad the max norm is infinite: the gradients are multiplied by exactly 1.0.
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf).item()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         n = labels.shape[0]
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        finite = math.isfinite(grad_norm)  # a CUDA fp16 step the scaler skips has an inf norm: not averaged
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n,
+                                grad_norm if finite else 0.0, float(finite)], dtype=torch.float64)
         progress.advance(n * dist.world, loss=loss.item())
     return _all_reduce(totals, dist).tolist()
 
@@ -536,38 +545,61 @@ class _RunLog:
 
 
 class _ExternalLoggers:
-    """Optional TensorBoard / Weights & Biases logging, imported only when asked for."""
+    """Optional TensorBoard / Weights & Biases logging, imported only when asked for.
+
+    Both get every numeric field of each metrics.jsonl row under the same name, with the epoch as
+    the step (learning rate, losses, top-1/top-5, gradient norm, images/s, times), and the resolved
+    run config, so what a dashboard shows can be checked against metrics.jsonl."""
 
     def __init__(self, config: TrainConfig, out: Path):
         self.tb = self.wandb_run = None
         if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise MissingDependency("--tensorboard needs the tensorboard package: "
-                                        "pip install 'alexnet-deploy[tensorboard]'") from exc
-            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+            self.tb = _tensorboard_writer(out / "tensorboard")
+            # Text, because TensorBoard's hparams plugin drops None values and lists.
+            self.tb.add_text("config", "```\n" + json.dumps(config.to_dict(), indent=1) + "\n```", 0)
         if config.wandb:
-            try:
-                import wandb
-            except ImportError as exc:
-                raise MissingDependency("--wandb needs the wandb package: pip install 'alexnet-deploy[wandb]'") from exc
-            self.wandb_run = wandb.init(project=config.wandb, config=config.to_dict(), dir=str(out))
+            self.wandb_run = _wandb_run(config, out)
 
     def log(self, row: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
         if self.tb:
-            for key, value in row.items():
-                if key != "epoch":
-                    self.tb.add_scalar(key, value, row["epoch"])
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, row["epoch"])
             self.tb.flush()
         if self.wandb_run:
-            self.wandb_run.log(row, step=row["epoch"])
+            self.wandb_run.log({"epoch": row["epoch"], **scalars})
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.tb:
             self.tb.close()
         if self.wandb_run:
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=1 if failed else 0)
+
+
+def _tensorboard_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's module imports the tensorboard package
+        raise MissingDependency("--tensorboard needs the tensorboard package: "
+                                "pip install 'alexnet-deploy[tensorboard]'") from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _wandb_run(config: TrainConfig, out: Path):
+    try:
+        import wandb
+    except ImportError as exc:
+        raise MissingDependency("--wandb needs the wandb package: pip install 'alexnet-deploy[wandb]'") from exc
+    try:
+        run = wandb.init(project=config.wandb, name=out.name, dir=str(out), config=config.to_dict(),
+                         job_type="train")
+    except Exception as exc:  # noqa: BLE001 - wandb raises its own types for login/network problems
+        raise AlexNetDeployError(f"--wandb {config.wandb}: wandb.init failed ({exc.__class__.__name__}: {exc}); "
+                                 "run `wandb login`, or set WANDB_MODE=offline to log to files only") from exc
+    # Charts against the epoch instead of W&B's own call counter.
+    run.define_metric("epoch")
+    run.define_metric("*", step_metric="epoch")
+    return run
 
 
 __all__ = ["TrainConfig", "TrainProgress", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
