@@ -1,13 +1,21 @@
-"""Atomic writes and checksums: nothing is left half-written if a run is killed."""
+"""Atomic writes, checksums and the bundle write lock: nothing is left half-written if a run is
+killed, and two writers never mix their files in one bundle."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from alexnet_deploy.errors import AlexNetDeployError, BundleError
+
+# Kept in the bundle directory (never deleted: unlinking a lock file lets a third writer lock a new
+# inode while a second still holds the old one). Hidden, and never listed in the manifest.
+LOCK_NAME = ".alexnet-deploy.lock"
 
 
 @contextmanager
@@ -50,6 +58,62 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def bundle_lock(directory: str | os.PathLike, flag: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` for as long as this process writes into it.
+
+    A second writer is refused at once (naming the holder's pid) rather than queued: it would
+    otherwise overwrite the first one's files after they were hashed. The lock is released by the
+    kernel when the process dies, so a killed run never leaves a stale lock."""
+    import fcntl
+
+    path = Path(directory) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise BundleError(f"{flag} {directory}: another alexnet-deploy process (pid {holder}) is writing this "
+                              f"bundle; wait for it to finish or choose another {flag}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
+
+
+def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = False) -> Path:
+    """Refuse, before any work is done, an output that cannot be written: a file path that is a
+    directory (or a directory path that is a file), or a place where no file can be created
+    (read-only directory or filesystem, a parent that is a file). Creates nothing that stays."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise AlexNetDeployError(f"{flag} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise AlexNetDeployError(f"{flag} {path}: is a directory; expected a file path")
+    existing = path if directory else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent   # missing folders are made later, inside the nearest existing one
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise AlexNetDeployError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
+                                 "choose a writable location") from exc
+    return path
+
+
+def public_dir_mode(path: str | os.PathLike) -> None:
+    """Give a directory made by mkdtemp (0700) the mode a plain mkdir would: an unpacked bundle
+    must be readable by the service user that runs it."""
+    os.chmod(path, 0o777 & ~_current_umask())
 
 
 def _current_umask() -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
                                           safe_path, write_manifest)
-from alexnet_deploy.deploy.files import atomic_path
+from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
 from alexnet_deploy.export import inputs as vinputs
@@ -58,6 +59,9 @@ class ExportConfig:
     # than the native node with identical outputs; "native" keeps one ONNX LRN node per layer.
     lrn: str = "conv"
     verify_count: int = 32
+    # int8 weights: 7 bits are computed exactly by every CPU's int8 kernels; 8 only by TensorRT and
+    # CPUs with VNNI/AMX/ARM dot products (deploy/cpu.py).
+    weight_bits: int = 7
 
     def validate(self) -> None:
         if self.max_batch < 1:
@@ -67,6 +71,9 @@ class ExportConfig:
                               f"(default {DEFAULT_OPSET}; 17 for TensorRT 8.6)")
         if self.int8 and self.calib_dir is None:
             raise ExportError("--int8 needs --calib DIR (a folder of representative images)")
+        for flag, folder in (("--calib", self.calib_dir), ("--verify-data", self.verify_data)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ExportError(f"{flag} {folder}: not a directory; expected an image folder")
         if self.verify_count < 1:
             raise ExportError(f"verify_count must be >= 1, got {self.verify_count}")
         if self.image_size is not None and self.image_size < 1:
@@ -106,7 +113,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fp16
                   opset: int = DEFAULT_OPSET, verify_data: str | os.PathLike | None = None,
                   image_size: int | None = None, arch: str | None = None, num_classes: int | None = None,
                   engines: bool = True, simplify: bool = True, lrn: str = "conv", verify_count: int = 32,
-                  progress: Progress | None = None) -> Manifest:
+                  weight_bits: int = 7, progress: Progress | None = None) -> Manifest:
     """Export ``checkpoint`` to the bundle directory ``out`` and return its manifest.
 
     Writes model.onnx (+ model.fp16.onnx with ``fp16``), reference.npz and manifest.json; runs INT8
@@ -118,16 +125,29 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fp16
                        max_batch=int(max_batch), opset=int(opset),
                        verify_data=Path(verify_data) if verify_data else None, image_size=image_size,
                        arch=arch, num_classes=num_classes, engines=engines, simplify=simplify, lrn=lrn,
-                       verify_count=int(verify_count))
+                       verify_count=int(verify_count), weight_bits=int(weight_bits))
     return run_export(Path(checkpoint), Path(out), cfg, progress or (lambda message: None))
 
 
 def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
-    """export_bundle with an ExportConfig."""
+    """export_bundle with an ExportConfig. The bundle directory is locked for the whole run, so a
+    second export (or calibrate) into it is refused instead of mixing two models under one manifest."""
     cfg.validate()
+    created = not out.exists()
+    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
+    with bundle_lock(out, "--out"):
+        try:
+            return _export_locked(checkpoint, out, cfg, step)
+        except BaseException:
+            # A directory this run made and never finished (no manifest) is only debris.
+            if created and not (out / MANIFEST_NAME).exists():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
     from alexnet_deploy.alexnet.checkpoint import load_checkpoint
 
-    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
     step("loading checkpoint")
     ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
     spec = input_spec(ckpt.preprocess, cfg.image_size)
@@ -156,7 +176,7 @@ def prepare_out_dir(out: Path) -> Path:
     Nothing in an earlier bundle is touched (see forget_old_bundle)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise ExportError(f"--out {out}: directory is not empty and holds no bundle; choose a new or empty "
                           "directory (export only overwrites an earlier bundle)")
     try:
@@ -436,7 +456,9 @@ def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
         raise ExportError(f"--int8: INT8 calibration is not available in this install ({exc}); the fp32/fp16 "
                           f"bundle is written: run `alexnet-deploy calibrate {out} --calib {cfg.calib_dir}`") from exc
     step(f"calibrating INT8 on {cfg.calib_dir}")
-    calibrate_bundle(out, calib_dir=cfg.calib_dir,
+    # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
+    # not used for calibration.
+    calibrate_bundle(out, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
                      progress=lambda stage, done, total: step(f"int8 {stage}: {done}/{total}"))
     return read_manifest(out)
 
