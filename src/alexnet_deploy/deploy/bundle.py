@@ -21,6 +21,8 @@ from alexnet_deploy.errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A real manifest is a few kB; anything near this is not one (and is not worth parsing).
+MAX_MANIFEST_BYTES = 16 << 20
 ARTIFACT_KINDS = ("onnx", "trt-plan", "npz")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -111,7 +113,7 @@ class Manifest:
             raise BundleError(f"manifest schema {schema!r} is not supported; this alexnet-deploy reads schema "
                               f"{SCHEMA_VERSION}. Re-export the bundle or upgrade alexnet-deploy")
         try:
-            return cls(
+            manifest = cls(
                 classes=tuple(str(c) for c in data["classes"]),
                 input=TensorSpec.from_dict(data["input"]), output=TensorSpec.from_dict(data["output"]),
                 preprocess=PreprocessSpec.from_dict(data["preprocess"]), arch=str(data.get("arch", "alexnet2012")),
@@ -122,6 +124,22 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"manifest.json is malformed: {exc.__class__.__name__}: {exc}") from exc
+        problem = manifest.problem()
+        if problem:
+            raise BundleError(f"manifest.json: {problem}; re-copy or re-export the bundle")
+        return manifest
+
+    def problem(self) -> str | None:
+        """What makes this manifest unusable at run time, or None."""
+        if self.max_batch < 1:
+            return f"max_batch {self.max_batch}: expected an integer >= 1 (the largest batch the bundle runs)"
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            return f"classes must be a non-empty list of distinct names, got {list(self.classes)[:10]}"
+        if len(self.input.shape) != 4 or any(d < 1 for d in self.input.shape[1:]):
+            return f"input shape {list(self.input.shape)}: expected [-1, 3, H, W]"
+        if list(self.output.shape[1:]) != [len(self.classes)]:
+            return f"output shape {list(self.output.shape)} does not fit the {len(self.classes)} classes"
+        return None
 
 
 def safe_path(bundle: str | os.PathLike, relative: str) -> Path:
@@ -142,15 +160,29 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{path}: not found; is {bundle} a bundle? Create one with `alexnet-deploy export`")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes, larger than any real manifest")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    data = parse_manifest_json(path, raw)
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object")
     manifest = Manifest.from_dict(data)
     for artifact in manifest.artifacts:
         safe_path(bundle, artifact.file)
     return manifest
+
+
+def parse_manifest_json(where: str | os.PathLike, raw: bytes) -> Any:
+    """json.loads with every failure (bad UTF-8, bad JSON, nesting deep enough to exhaust the
+    parser's recursion) turned into a BundleError naming ``where``."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise BundleError(f"{where}: JSON nested too deeply to be a manifest") from exc
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:

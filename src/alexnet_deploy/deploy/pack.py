@@ -28,9 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, read_manifest, safe_path,
+from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, parse_manifest_json, read_manifest, safe_path,
                                           verify_artifacts)
-from alexnet_deploy.deploy.files import atomic_path, sha256_file
+from alexnet_deploy.deploy.files import atomic_path, public_dir_mode, sha256_file
 from alexnet_deploy.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,17 @@ def _regular_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def pack_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, include_engines: bool = False) -> PackResult:
-    """Write ``bundle`` (checked first) to the archive ``out`` (.tar.gz, .tgz or .tar)."""
+def pack_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, include_engines: bool = False,
+                overwrite: bool = False) -> PackResult:
+    """Write ``bundle`` (checked first) to the archive ``out`` (.tar.gz, .tgz or .tar); an existing
+    ``out`` is replaced only with ``overwrite``."""
     bundle, out = Path(bundle), Path(out)
     if not out.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BundleError(f"{out}: output name must end with one of {ARCHIVE_SUFFIXES}")
+    if out.is_dir():
+        raise BundleError(f"-o {out}: is a directory; name the archive file to write")
+    if out.exists() and not overwrite:
+        raise BundleError(f"-o {out}: already exists; choose another name or pass --overwrite to replace it")
     manifest, files = _packed_manifest(bundle, include_engines)
     manifest_bytes = (json.dumps(manifest.to_dict(), indent=2) + "\n").encode("utf-8")
     try:
@@ -158,9 +164,10 @@ def _read_packed_manifest(archive: Path, tar: tarfile.TarFile, files: dict[str, 
     if member.size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{archive}: {MANIFEST_NAME} is {member.size} bytes, larger than any real manifest")
     try:
-        data = json.loads(tar.extractfile(member).read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{archive}: {MANIFEST_NAME} is not valid JSON ({exc})") from exc
+        raw = tar.extractfile(member).read()
+    except OSError as exc:
+        raise BundleError(f"{archive}: {MANIFEST_NAME} cannot be read ({exc})") from exc
+    data = parse_manifest_json(f"{archive}: {MANIFEST_NAME}", raw)
     if not isinstance(data, dict):
         raise BundleError(f"{archive}: {MANIFEST_NAME} must be a JSON object")
     return Manifest.from_dict(data)   # refuses an unknown schema version
@@ -207,6 +214,7 @@ def _extract(archive: Path, dest: Path, max_bytes: int, max_members: int) -> Pat
             members = _select(archive, manifest, files)
             tar.extractall(tmp, members=members, filter="data")
         verify_artifacts(tmp, read_manifest(tmp))
+        public_dir_mode(tmp)
         return tmp
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,9 +233,15 @@ def _check_archive_file(archive: Path, max_bytes: int) -> None:
 
 def unpack_bundle(archive: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False,
                   max_bytes: int = DEFAULT_MAX_BYTES, max_members: int = DEFAULT_MAX_MEMBERS) -> Path:
-    """Safely extract a packed bundle into ``dest`` (which must not exist unless ``overwrite``)."""
-    archive, dest = Path(archive), Path(dest)
+    """Safely extract a packed bundle into ``dest`` (which must not exist unless ``overwrite``).
+
+    ``dest`` is resolved first, so "." or "sub/.." name the real directory and the new copy is built
+    beside it, never inside it. An existing bundle is only moved aside once the new one is extracted
+    and checked, and deleted after the new one is in place."""
+    archive, dest = Path(archive), Path(os.path.abspath(dest))
     _check_archive_file(archive, max_bytes)
+    if dest.parent == dest:
+        raise BundleError(f"{dest}: cannot unpack over a filesystem root; name a bundle directory")
     empty_dir = dest.is_dir() and not any(dest.iterdir())
     if dest.exists() and not empty_dir and not overwrite:
         raise BundleError(f"{dest}: already exists; choose a new directory or pass --overwrite")
@@ -235,11 +249,27 @@ def unpack_bundle(archive: str | os.PathLike, dest: str | os.PathLike, *, overwr
         raise BundleError(f"{dest}: exists and is not a bundle; refusing to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _extract(archive, dest, max_bytes, max_members)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    _swap_in(tmp, dest, replace=dest.exists() and not empty_dir)
     log.info("unpacked %s into %s", archive, dest)
     return dest
+
+
+def _swap_in(new: Path, dest: Path, replace: bool) -> None:
+    """Move the checked copy ``new`` to ``dest``; an old ``dest`` is renamed aside first and only
+    deleted once ``new`` is in place (put back if the move fails)."""
+    if not replace:
+        os.replace(new, dest)   # rename(2) also replaces an empty directory
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    os.replace(dest, old / "bundle")
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(old / "bundle", dest)
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def bundle_cache_dir() -> Path:
