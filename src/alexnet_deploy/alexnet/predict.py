@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from alexnet_deploy.alexnet.checkpoint import LoadedCheckpoint, load_checkpoint
-from alexnet_deploy.deploy.preprocess import is_image_file, preprocess, softmax, top_k
+from alexnet_deploy.deploy.preprocess import is_image_file, preprocess_kept, softmax, top_k
 from alexnet_deploy.errors import DataError
 
 
@@ -42,27 +42,37 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict_checkpoint(checkpoint: LoadedCheckpoint, images: Sequence[str | os.PathLike], topk: int = 5,
-                       batch_size: int = 32) -> list[Prediction]:
-    """Top-``topk`` predictions for each image path with an already loaded checkpoint."""
+                       batch_size: int = 32, skipped: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    """Top-``topk`` predictions for each image path with an already loaded checkpoint.
+
+    An unreadable image raises DataError naming it, unless a ``skipped`` list is given: then it is
+    left out and appended there as (path, reason), as ``Backend.classify`` does."""
     if topk < 1:
         raise DataError(f"--topk must be >= 1, got {topk}")
     results: list[Prediction] = []
     model = checkpoint.model.eval()
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        batch = torch.from_numpy(preprocess(chunk, checkpoint.preprocess))
+        array, kept, bad = preprocess_kept(chunk, checkpoint.preprocess, skip=skipped is not None)
+        if skipped is not None:
+            skipped.extend(bad)
+        if not kept:
+            continue
         with torch.no_grad():
-            logits = model(batch.to(next(model.parameters()).device)).float().cpu().numpy()
-        for path, top in zip(chunk, top_k(softmax(logits), checkpoint.classes, topk)):
-            results.append(Prediction(str(path), tuple(top)))
+            batch = torch.from_numpy(array).to(next(model.parameters()).device)
+            logits = model(batch).float().cpu().numpy()
+        for index, top in zip(kept, top_k(softmax(logits), checkpoint.classes, topk)):
+            results.append(Prediction(str(chunk[index]), tuple(top)))
     return results
 
 
 def predict(checkpoint: str | os.PathLike, inputs: Sequence[str | os.PathLike], topk: int = 5,
-            arch: str | None = None, num_classes: int | None = None) -> list[Prediction]:
-    """Load ``checkpoint`` and classify every image in ``inputs`` (files or directories)."""
+            arch: str | None = None, num_classes: int | None = None,
+            skipped: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    """Load ``checkpoint`` and classify every image in ``inputs`` (files or directories); see
+    ``predict_checkpoint`` for ``skipped``."""
     loaded = load_checkpoint(checkpoint, arch=arch, num_classes=num_classes)
-    return predict_checkpoint(loaded, collect_images(inputs), topk=topk)
+    return predict_checkpoint(loaded, collect_images(inputs), topk=topk, skipped=skipped)
 
 
 __all__ = ["Prediction", "collect_images", "predict", "predict_checkpoint"]

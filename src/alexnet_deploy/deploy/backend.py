@@ -14,6 +14,7 @@ this module never imports torch, onnxruntime or tensorrt.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -23,9 +24,10 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from alexnet_deploy.deploy.bundle import Manifest, read_manifest
-from alexnet_deploy.deploy.preprocess import one_ahead, preprocess_threaded, softmax
-from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
+from alexnet_deploy.deploy.bundle import Manifest, read_manifest, safe_path, verify_artifact
+from alexnet_deploy.deploy.preprocess import one_ahead, preprocess_kept, softmax
+from alexnet_deploy.deploy.verify import ModelFacts, manifest_mismatches, onnx_metadata_props
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,26 @@ class Backend:
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     # GPU backends override synchronize(); bench calls it after every timed iteration.
     is_gpu: ClassVar[bool] = False
+    _closed: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every backend's close() drops its session/engine; mark the object closed first so a
+        # later infer() says so instead of failing inside the backend with an AttributeError.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("close")
+        if own is not None:
+            @functools.wraps(own)
+            def close(self, _own=own) -> None:
+                self._closed = True
+                _own(self)
+            cls.close = close
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *, manifest: Manifest | None = None,
                  threads: int | None = None) -> None:
         if precision not in self.precisions:
             raise BackendUnavailable(f"backend {self.name!r} runs {'/'.join(self.precisions)}, not {precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise AlexNetDeployError(f"threads={threads!r}: expected a positive integer (or None for the default)")
         self.bundle = Path(bundle)
         self.manifest = manifest or read_manifest(bundle)
         self.precision = precision
@@ -110,7 +127,11 @@ class Backend:
     # -- running ------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits (float32, shape (N, classes)) for a preprocessed float32 NCHW batch, 1 <= N <= max_batch."""
+        if self._closed:
+            raise AlexNetDeployError(f"{self.name} {self.precision}: infer() after close(); open the bundle "
+                                     "again with alexnet_deploy.deploy.load()")
         self._check_batch(batch)
+        _check_finite(batch, f"{self.name} {self.precision}")
         logits = np.asarray(self._infer(np.ascontiguousarray(batch)))
         if logits.shape != (batch.shape[0], self.num_classes):
             raise AlexNetDeployError(f"{self.name} {self.precision}: model returned shape {logits.shape}, expected "
@@ -122,21 +143,29 @@ class Backend:
         chunks = [self.infer(inputs[i:i + self.max_batch]) for i in range(0, len(inputs), self.max_batch)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), np.float32)
 
-    def classify(self, images: Iterable[Any], topk: int = 5, workers: int | None = None) -> list[Prediction]:
-        """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for PIL images or paths
-        (one, or an iterable of them); one Prediction per image, in order. Images are decoded
+    def classify(self, images: Iterable[Any], topk: int = 5, workers: int | None = None,
+                 skipped: list[tuple[str, str]] | None = None) -> list[Prediction]:
+        """Decode + preprocess (the manifest's PreprocessSpec) + infer + softmax for image paths, PIL
+        images or HWC uint8 arrays (one, or an iterable of them); one Prediction per image, in order.
+        An unreadable image raises DataError naming it, unless a ``skipped`` list is given: then it
+        is left out of the results and appended there as (path, reason). Images are decoded
         ``max_batch`` at a time, so a large folder never sits in memory as one float array, and the
         next chunk is decoded while this one is inferred (on a GPU the two then overlap fully)."""
-        if isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel"):  # a single path or PIL image
+        if isinstance(images, (str, os.PathLike)) or hasattr(images, "getpixel") or (
+                isinstance(images, np.ndarray) and images.ndim in (2, 3)):   # a single image
             images = [images]
         items = list(images)
         if int(topk) < 1:
             raise AlexNetDeployError(f"--topk must be >= 1, got {topk}")
         chunks = [items[start:start + self.max_batch] for start in range(0, len(items), self.max_batch)]
-        decoded = one_ahead(lambda chunk: preprocess_threaded(chunk, self.manifest.preprocess, workers=workers), chunks)
+        spec, skip = self.manifest.preprocess, skipped is not None
+        decoded = one_ahead(lambda chunk: preprocess_kept(chunk, spec, workers=workers, skip=skip), chunks)
         results: list[Prediction] = []
-        for chunk, batch in zip(chunks, decoded):
-            results.extend(self._predictions(softmax(self.infer(batch)), chunk, int(topk)))
+        for chunk, (batch, kept, bad) in zip(chunks, decoded):
+            if skip:
+                skipped.extend(bad)
+            if len(kept):
+                results.extend(self._predictions(softmax(self.infer(batch)), [chunk[i] for i in kept], int(topk)))
         return results
 
     def _predictions(self, probs: np.ndarray, items: Sequence[Any], topk: int) -> list[Prediction]:
@@ -197,6 +226,27 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def check_manifest_against_models(bundle: str | os.PathLike, manifest: Manifest,
+                                  precisions: Sequence[str] | None = None) -> None:
+    """Refuse a manifest whose classes or preprocessing differ from what the exporter stored in the
+    ONNX models (of ``precisions``, default all; each is covered by its sha256): an edited manifest
+    would otherwise run with wrong labels or pixels. Reads only the models' metadata, a few bytes each."""
+    for artifact in manifest.artifacts:
+        path = safe_path(bundle, artifact.file)
+        if artifact.kind != "onnx" or not path.is_file() or (precisions and artifact.precision not in precisions):
+            continue   # a missing file is reported by the backend that needs it
+        try:
+            problems = manifest_mismatches(manifest, ModelFacts(None, (), None, (), onnx_metadata_props(path)))
+        except (OSError, ValueError, TypeError, AlexNetDeployError) as exc:
+            verify_artifact(bundle, artifact)   # a damaged file is named as such first
+            raise BundleError(f"{artifact.file}: not a readable ONNX model ({exc}); re-copy or re-export "
+                              "the bundle") from exc
+        if problems:
+            raise BundleError(f"{Path(bundle) / 'manifest.json'} does not match {artifact.file}: "
+                              f"{'; '.join(problems)}; the manifest was edited after export: restore it "
+                              f"(re-copy the bundle or re-export), `alexnet-deploy verify {bundle}` shows every check")
+
+
 def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
     """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt", "ov").
 
@@ -209,6 +259,7 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
 
         bundle = open_bundle(bundle)
     manifest = read_manifest(bundle)
+    check_manifest_against_models(bundle, manifest, (precision,))
     names: Sequence[str] = AUTO_ORDER if backend == "auto" else (backend,)
     reasons = []
     for name in names:
@@ -221,3 +272,17 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
             log.info("backend %s unavailable: %s", name, exc)
             reasons.append(f"{name}: {exc}")
     raise BackendUnavailable(f"no backend can run {bundle} at {precision}: " + "; ".join(reasons))
+
+
+def _check_finite(batch: np.ndarray, where: str) -> None:
+    """Refuse NaN/inf inputs: int8 and fp16 models turn them into plausible-looking logits.
+    One sum is the fast path (it is finite for any real image); only a non-finite sum is looked at
+    element by element, so a sum that merely overflowed is not refused."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(batch, axis=None)
+    if np.isfinite(total):
+        return
+    bad = int(batch.size - np.count_nonzero(np.isfinite(batch)))
+    if bad:
+        raise AlexNetDeployError(f"{where}: the input holds {bad} NaN/inf values; expected finite float32 "
+                                 "pixels from alexnet_deploy.deploy.preprocess()")

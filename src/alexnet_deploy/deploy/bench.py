@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend, backend_class, resolve_backend
+from alexnet_deploy.deploy.backend import Backend, backend_class, check_manifest_against_models, resolve_backend
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.files import atomic_write_text
-from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_threaded
+from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.system import system_facts
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError, MissingDependency
 
@@ -63,6 +63,7 @@ class BenchConfig:
     max_images: int | None = 1000
     cv_warn: float = CV_WARN
     seed: int = 0
+    strict: bool = False                   # an unreadable --data image stops the run instead of being skipped
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,11 @@ class EvalSet:
     paths: tuple[Path, ...]
     reference_logits: np.ndarray | None = None   # set when the images came from reference.npz
     source: str = ""
+    skipped: tuple[tuple[str, str], ...] = ()    # (path, reason) of unreadable images left out
 
 
 def load_eval_set(data: str | os.PathLike, manifest: Manifest, max_images: int | None = None,
-                  workers: int | None = None) -> EvalSet:
+                  workers: int | None = None, strict: bool = False) -> EvalSet:
     """A labelled folder (class sub-folders named like manifest.classes), class-balanced when capped."""
     folder_classes, samples = list_class_folder(data)
     unknown = [c for c in folder_classes if c not in manifest.classes]
@@ -208,9 +210,20 @@ def load_eval_set(data: str | os.PathLike, manifest: Manifest, max_images: int |
     longest = max(len(v) for v in by_class.values())
     picked = [(paths[i], c) for i in range(longest) for c, paths in sorted(by_class.items()) if i < len(paths)]
     picked = picked[:max_images] if max_images else picked
-    inputs = preprocess_threaded([p for p, _ in picked], manifest.preprocess, workers=workers)
+    try:
+        inputs, kept, bad = preprocess_kept([p for p, _ in picked], manifest.preprocess, workers=workers,
+                                            skip=not strict)
+    except DataError as exc:
+        if not strict:
+            raise
+        raise DataError(f"{exc} (--strict stops at unreadable files)") from exc
+    for path, reason in bad:
+        log.warning("skipping %s", reason)
+    if not kept:
+        raise DataError(f"{data}: none of the {len(picked)} images could be read (first: {bad[0][1]})")
+    picked = [picked[i] for i in kept]
     return EvalSet(inputs, np.asarray([c for _, c in picked], dtype=np.int64), tuple(p for p, _ in picked),
-                   source=str(data))
+                   source=str(data), skipped=tuple(bad))
 
 
 def load_reference_npz(bundle: Path, manifest: Manifest) -> EvalSet | None:
@@ -321,7 +334,10 @@ def run_pair(bundle: Path, manifest: Manifest, name: str, precision: str, batche
         backend = open_backend(bundle, manifest, name, precision, config)
     except BackendUnavailable as exc:
         progress("", len(batches))
-        return _failed_rows(common, batches, "unavailable", str(exc))
+        # A --checkpoint the user named that cannot serve as the pt reference is their error, not
+        # a backend this machine lacks.
+        status = "failed" if name == "pt" and config.checkpoint else "unavailable"
+        return _failed_rows(common, batches, status, str(exc))
     except Exception as exc:  # noqa: BLE001 - a broken backend is a "failed" row, not a crashed bench
         log.debug("opening %s %s failed", name, precision, exc_info=True)
         progress("", len(batches))
@@ -411,6 +427,7 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
     """
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    check_manifest_against_models(bundle, manifest, config.precisions)
     batches, pairs = resolve_batches(config, manifest), plan_pairs(config)
     if config.end_to_end and not config.data:
         raise DataError("--end-to-end needs --data DIR: it times decoding and preprocessing real image files")
@@ -418,14 +435,15 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
     if total:
         total(len(pairs) * len(batches))
     progress("loading images", 0)
-    eval_set = (load_eval_set(config.data, manifest, config.max_images, workers=config.threads) if config.data
-                else load_reference_npz(bundle, manifest))
+    eval_set = (load_eval_set(config.data, manifest, config.max_images, workers=config.threads,
+                              strict=config.strict) if config.data else load_reference_npz(bundle, manifest))
     progress("reference logits", 0)
     reference, reference_name, cache = compute_reference(bundle, manifest, eval_set, config)
     context = _Context(config, eval_set, reference, reference_name, cache)
     rows = [row for name, precision in pairs
             for row in run_pair(bundle, manifest, name, precision, batches, context, progress)]
-    config_dict = {**dataclasses.asdict(config), "bundle": str(bundle), "batches": list(batches)}
+    config_dict = {**dataclasses.asdict(config), "bundle": str(bundle), "batches": list(batches),
+                   "skipped_images": [path for path, _ in eval_set.skipped] if eval_set else []}
     return BenchReport(system_facts(config.threads), tuple(rows), config_dict)
 
 

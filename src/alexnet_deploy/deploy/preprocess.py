@@ -9,9 +9,10 @@ exactly (Pillow does the resampling in both cases; the arithmetic is float32 in 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -28,6 +29,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 )
+
+# Decoded pixels above this are refused before decoding (Pillow itself only warns up to twice it).
+MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# A resized image above this is refused: resizing the shorter side of a 1 x 40000 strip to 256 px
+# would allocate gigabytes for a picture nobody can classify.
+MAX_RESIZED_PIXELS = 1 << 25
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -48,6 +55,11 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.crop, int) and isinstance(self.resize, int) and self.crop >= 1):
+            raise DataError(f"preprocess resize {self.resize!r} and crop {self.crop!r} must be positive integers")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise DataError(f"preprocess mean {list(self.mean)} / std {list(self.std)}: expected 3 values each, "
+                            "std > 0")
         if self.crop > self.resize:
             raise DataError(f"preprocess crop {self.crop} is larger than resize {self.resize}")
         if self.interpolation not in _RESAMPLE:
@@ -57,16 +69,30 @@ class PreprocessSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
         known = {f for f in cls.__dataclass_fields__}
+        if not isinstance(data, Mapping):
+            raise DataError(f"preprocess must be a mapping of {sorted(known)}, got {type(data).__name__}")
         unknown = set(data) - known
         if unknown:
             raise DataError(f"unknown preprocess fields {sorted(unknown)}; expected {sorted(known)}")
         values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+        try:
+            for key in ("mean", "std"):
+                if key in values:
+                    values[key] = tuple(float(v) for v in values[key])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"preprocess mean/std must be lists of 3 numbers ({exc})") from exc
         return cls(**values)
+
+    @classmethod
+    def coerce(cls, spec: "PreprocessSpec | Mapping[str, Any]") -> "PreprocessSpec":
+        """A PreprocessSpec as is, or one made from a mapping such as the manifest's ``preprocess``."""
+        if isinstance(spec, cls):
+            return spec
+        if isinstance(spec, Mapping):
+            return cls.from_dict(spec)
+        raise DataError(f"expected a PreprocessSpec or the manifest's preprocess mapping, got {type(spec).__name__}")
 
     @classmethod
     def for_image_size(cls, image_size: int, resize: int | None = None) -> "PreprocessSpec":
@@ -88,13 +114,29 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file")
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow only warns between its two limits; _check_size refuses those images itself.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _check_size(img.size)   # from the header, before any pixel is decoded
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except DataError:
-        raise
+    except DataError as exc:
+        if str(path) in str(exc):
+            raise
+        raise DataError(f"{path}: {exc}") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise DataError(f"image is {width}x{height}: it has no pixels")
+    if width * height > MAX_DECODED_PIXELS:
+        raise DataError(f"image is {width}x{height} ({width * height / 1e6:.0f} M pixels), over the "
+                        f"{MAX_DECODED_PIXELS / 1e6:.0f} M pixel limit; downscale it first")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -112,9 +154,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """torchvision ``Resize(spec.resize)`` (shorter side) then ``CenterCrop(spec.crop)``."""
     width, height = img.size
+    _check_size(img.size)
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise DataError(f"image is {width}x{height}: resizing its shorter side to {spec.resize} px would make "
+                        f"it {new_w}x{new_h}, over the {MAX_RESIZED_PIXELS / 1e6:.0f} M pixel limit; crop it "
+                        "to a less extreme aspect ratio first")
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), _RESAMPLE[spec.interpolation])
     top = int(round((new_h - spec.crop) / 2.0))
@@ -131,17 +178,48 @@ def to_chw_float(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def preprocess(images: Iterable[Image.Image | str | os.PathLike], spec: PreprocessSpec) -> np.ndarray:
-    """Images (PIL or paths) -> float32 NCHW batch ready for any backend."""
-    arrays = []
-    for item in images:
-        img = item if isinstance(item, Image.Image) else load_image(item)
-        if img.mode != "RGB":
-            img = _to_rgb(img)
-        arrays.append(to_chw_float(resize_and_crop(img, spec), spec))
+def preprocess(images: Iterable[Image.Image | np.ndarray | str | os.PathLike],
+               spec: PreprocessSpec | Mapping[str, Any]) -> np.ndarray:
+    """Images (paths, PIL images or HWC uint8 arrays) -> float32 NCHW batch ready for any backend.
+    ``spec`` is a PreprocessSpec or the manifest's ``preprocess`` mapping."""
+    spec = PreprocessSpec.coerce(spec)
+    arrays = [_one(item, spec) for item in images]
     if not arrays:
         return np.zeros((0, 3, spec.crop, spec.crop), dtype=np.float32)
     return np.stack(arrays)
+
+
+def _one(item: Any, spec: PreprocessSpec) -> np.ndarray:
+    try:
+        return to_chw_float(resize_and_crop(_as_image(item), spec), spec)
+    except DataError as exc:
+        name = _name(item)
+        if isinstance(item, (str, os.PathLike)) and name not in str(exc):
+            raise DataError(f"{name}: {exc}") from exc
+        raise
+
+
+def _as_image(item: Any) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an HWC uint8 array; DataError naming a path."""
+    if isinstance(item, (str, os.PathLike)):
+        img = load_image(item)
+    elif isinstance(item, Image.Image):
+        img = item
+    elif isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[-1] in (3, 4))):
+            raise DataError(f"a numpy image must be HWC uint8 RGB (H, W, 3), got shape {item.shape} {item.dtype}; "
+                            "for a preprocessed float32 NCHW batch call infer() instead")
+        img = Image.fromarray(item)
+    else:
+        raise DataError(f"cannot read an image from a {type(item).__name__}; expected a path, a PIL image or "
+                        "an HWC uint8 numpy array")
+    if img.width < 1 or img.height < 1:
+        raise DataError(f"{_name(item)}: image is {img.width}x{img.height}: it has no pixels")
+    return img if img.mode == "RGB" else _to_rgb(img)
+
+
+def _name(item: Any) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__}>"
 
 
 def list_class_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -180,24 +258,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def preprocess_threaded(images: Sequence[Image.Image | str | os.PathLike], spec: PreprocessSpec,
+def preprocess_threaded(images: Sequence[Image.Image | str | os.PathLike], spec: PreprocessSpec | Mapping[str, Any],
                         workers: int | None = None) -> np.ndarray:
     """``preprocess`` with decode/resize spread over threads (Pillow releases the GIL while it
     decodes and resamples), so an end-to-end run is not bound by one core. Same output, same order."""
-    images = list(images)
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(images) <= 1:
-        return preprocess(images, spec)
-    from concurrent.futures import ThreadPoolExecutor
+    return preprocess_kept(images, spec, workers=workers)[0]
 
+
+def preprocess_kept(images: Sequence[Any], spec: PreprocessSpec | Mapping[str, Any], workers: int | None = None,
+                    skip: bool = False) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """``preprocess_threaded`` that, with ``skip``, leaves unreadable images out instead of raising.
+
+    Returns (batch of the readable images, their indices in ``images``, [(path, reason)] of the
+    unreadable ones). Without ``skip`` the first unreadable image raises DataError naming it."""
+    images, spec = list(images), PreprocessSpec.coerce(spec)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise DataError(f"workers={workers!r}: expected a positive number of decode threads")
+    workers = workers or min(8, os.cpu_count() or 1)
     out = np.empty((len(images), 3, spec.crop, spec.crop), dtype=np.float32)
 
-    def one(index: int) -> None:
-        out[index] = preprocess([images[index]], spec)[0]
+    def one(index: int) -> str | None:
+        try:
+            out[index] = preprocess([images[index]], spec)[0]
+        except DataError as exc:
+            if not skip:
+                raise
+            return str(exc)
+        return None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, range(len(images))))  # list() re-raises the first DataError
-    return out
+    if workers <= 1 or len(images) <= 1:
+        problems = [one(i) for i in range(len(images))]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems = list(pool.map(one, range(len(images))))  # list() re-raises the first DataError
+    kept = [i for i, problem in enumerate(problems) if problem is None]
+    bad = [(_name(images[i]), problem) for i, problem in enumerate(problems) if problem is not None]
+    return (out if len(kept) == len(images) else out[kept]), kept, bad
 
 
 def one_ahead(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -238,7 +336,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "PreprocessSpec", "is_image_file",
-    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "one_ahead", "image_files",
+    "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "preprocess_kept", "one_ahead", "image_files",
     "list_class_folder",
     "top_k", "softmax",
 ]
