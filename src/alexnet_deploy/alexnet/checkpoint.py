@@ -143,14 +143,36 @@ def _torch_load(path: Path, map_location) -> Any:
                               "`alexnet-deploy train` or a torchvision alexnet state_dict")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
+    if not _looks_like_torch_save(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                              "pickle); pass a .pt written by `alexnet-deploy train` or a torchvision state_dict")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [exc.__class__.__name__]
-        # weights_only refusals put the useful line ("WeightsUnpickler error: ...") in the middle.
-        first = next((ln for ln in lines if ln.startswith("WeightsUnpickler")), lines[0])
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or it "
-                              f"holds non-tensor objects that weights_only loading refuses): {first}") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt, or it holds "
+                              f"non-tensor objects that weights_only loading refuses): {_load_problem(exc)}") from exc
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (0x80 PROTO)."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        first = fh.read(1)
+    return first == b"\x80" or zipfile.is_zipfile(path)
+
+
+def _load_problem(exc: Exception) -> str:
+    """The useful part of torch.load's error. torch's weights_only refusal also suggests re-running
+    with weights_only=False, i.e. executing code from the file: that advice is never passed on."""
+    import re
+
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text)
+    text = (found.group(1) or "unsupported content") if found else text
+    # Cut torch's ways around the safe loader (allow-listing globals, weights_only=False).
+    text = re.split(r"\s*(?:Please use `torch\.serialization|Re-running `torch\.load`|In PyTorch 2\.6)", text)[0]
+    return text or f"{exc.__class__.__name__} from the safe loader"
 
 
 def _our_metadata(path: Path, obj: dict, arch: str | None, num_classes: int | None) -> dict:

@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -87,6 +89,7 @@ class TrainConfig:
     strict: bool = False
     tensorboard: bool = False
     wandb: str | None = None  # W&B project name; logging only when given
+    overwrite: bool = False  # replace a previous run in --out (never written to config.toml)
 
     def resolved(self) -> "TrainConfig":
         """Fill recipe / arch defaults and validate; the result has no ``None`` recipe values."""
@@ -97,17 +100,35 @@ class TrainConfig:
         return dataclasses.replace(self, image_size=image_size, resize=resize, **values)
 
     def validate(self) -> None:
+        for f in fields(self):
+            problem = field_type_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise AlexNetDeployError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r}: {problem}")
+        self._validate_choices()
+        self._validate_ranges()
+
+    def _validate_choices(self) -> None:
         choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "cache": CACHE_MODES,
                    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise AlexNetDeployError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
+
+    def _validate_ranges(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "image_size": self.image_size, "resize": self.resize}
+                    "image_size": self.image_size, "resize": self.resize, "workers": self.workers,
+                    "max_per_class": self.max_per_class}
         for name, value in positive.items():
             if value is not None and value <= 0:
                 raise AlexNetDeployError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not (low <= value < high):
+                bound = f"{low} <= x < {high}" if high != math.inf else f">= {low}"
+                raise AlexNetDeployError(f"--{name.replace('_', '-')} {value}: expected {bound}")
+        if self.val_split is not None and not 0 < self.val_split < 1:
+            raise AlexNetDeployError(f"--val-split {self.val_split}: expected a fraction between 0 and 1")
         if self.image_size is not None and not 63 <= self.image_size <= 512:
             raise AlexNetDeployError(f"--image-size must be between 63 and 512, got {self.image_size}")
         if self.image_size and self.resize and self.resize < self.image_size:
@@ -115,6 +136,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Flags with a half-open valid range [low, high).
+_RANGES = (("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("momentum", 0.0, math.inf),
+           ("weight_decay", 0.0, math.inf), ("warmup_epochs", 0.0, math.inf), ("clip_grad", 0.0, math.inf),
+           ("seed", 0, math.inf))
+
+
+def field_type_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be TrainConfig's ``name`` (e.g. epochs = "abc" in a TOML), or None."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None:
+        return None if type(None) in allowed else "expected a value"
+    if bool in allowed:
+        ok, kind = isinstance(value, bool), "true or false"
+    elif int in allowed:
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif float in allowed:
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    return None if ok else f"expected {kind}"
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -139,6 +183,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(values) - known)
     if unknown:
         raise AlexNetDeployError(f"{path}: unknown keys {unknown}; expected train flag names like batch-size")
+    for key, value in values.items():
+        problem = field_type_problem(key, value)
+        if problem:
+            raise AlexNetDeployError(f"{path}: {key.replace('_', '-')} = {value!r}: {problem}")
     return values
 
 
@@ -146,7 +194,7 @@ def config_to_toml(config: TrainConfig) -> str:
     """The resolved config as TOML (``None`` values are left out: TOML has no null)."""
     lines = ["# resolved by alexnet-deploy train; usable as --config", "[train]"]
     for key, value in config.to_dict().items():
-        if value is not None:
+        if value is not None and key != "overwrite":
             lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 
@@ -188,6 +236,8 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
     config = config.resolved()
     dist = _setup_distributed(config.device)
     out = Path(config.out)
+    if dist.main:
+        check_run_dir(out, config)
     run_log = _RunLog(out) if dist.main else None
     try:
         return _train(config, dist, out, progress if dist.main else TrainProgress())
@@ -241,6 +291,25 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
         if loggers:
             loggers.close(failed=not completed)
     return out
+
+
+def check_run_dir(out: Path, config: TrainConfig) -> None:
+    """Before any work: --out must be a directory this process can write, and must not hold an
+    earlier run unless it is being resumed or --overwrite was given (its checkpoints would be
+    silently replaced)."""
+    if out.exists() and not out.is_dir():
+        raise AlexNetDeployError(f"--out {out}: exists and is not a directory; choose a run directory")
+    previous = [name for name in ("best.pt", "last.pt", "metrics.jsonl") if (out / name).exists()]
+    if previous and not config.resume and not config.overwrite:
+        raise AlexNetDeployError(f"--out {out}: holds an earlier run ({', '.join(previous)}); continue it with "
+                                 f"--resume {out / 'last.pt'}, choose a new --out, or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise AlexNetDeployError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a "
+                                 "writable run directory") from exc
 
 
 Dataset = DecodedSet | StreamedSet
