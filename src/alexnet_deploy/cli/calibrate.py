@@ -42,13 +42,15 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
     from rich.console import Console
 
     from alexnet_deploy.calibration import BudgetNotMet, calibrate_bundle
+    from alexnet_deploy.deploy.files import bundle_lock
 
+    _check_outputs(bundle, report_file)
     console = Console(stderr=True)
     if calib_dir is None and allow_random_calibration:
         console.print("[bold red]WARNING: random calibration. The int8 model's accuracy is meaningless; it is "
                       "stamped random in the manifest and in bench output. Use it for latency only.[/]")
     try:
-        with _progress(console) as update:
+        with bundle_lock(bundle, "BUNDLE"), _progress(console) as update:
             report = calibrate_bundle(bundle, calib_dir=calib_dir, num_images=num_images, method=method,
                                       batch_size=batch_size, max_drop=max_drop, val_dir=val_dir, seed=seed,
                                       allow_random=allow_random_calibration, progress=update, num_val=num_val,
@@ -57,6 +59,19 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
         print_report(Console(), exc.report)
         raise
     print_report(Console(), report)
+
+
+def _check_outputs(bundle: Path, report_file: Path | None) -> None:
+    """Before any work: the bundle must be a bundle in a writable directory (model.int8.onnx and
+    manifest.json go there) and --report writable, so a failure cannot come after the int8 model
+    was written and leave the bundle half-updated."""
+    from alexnet_deploy.deploy.bundle import read_manifest
+    from alexnet_deploy.deploy.files import check_writable
+
+    read_manifest(bundle)
+    check_writable(bundle, "BUNDLE", directory=True)
+    if report_file is not None:
+        check_writable(report_file, "--report")
 
 
 class _progress:
@@ -113,6 +128,8 @@ def print_report(console, report) -> None:
 
 
 def _print_outcome(console, report) -> None:
+    from rich.markup import escape
+
     if report.random:
         console.print("[bold red]RANDOM CALIBRATION: accuracy of this int8 model is meaningless.[/]")
     int8 = report.int8
@@ -126,8 +143,8 @@ def _print_outcome(console, report) -> None:
     console.print(f"ORT CPU int8 kernels: {kernels}; calibration took {seconds:.1f} s"
                   f" (total {report.timings.get('total', 0):.1f} s)")
     if report.skipped:
-        console.print(f"[yellow]skipped {len(report.skipped)} unreadable image(s): "
-                      f"{', '.join(report.skipped[:5])}{' …' if len(report.skipped) > 5 else ''}[/]")
+        names = escape(", ".join(report.skipped[:5]) + (" …" if len(report.skipped) > 5 else ""))
+        console.print(f"[yellow]skipped {len(report.skipped)} unreadable image(s): {names}[/]")
     for note in report.notes:
         console.print(f"note: {note}")
     if report.model_file:

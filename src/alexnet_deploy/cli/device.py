@@ -63,13 +63,14 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
 
 
 def _print_engines(console, results) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="TensorRT engines")
     for column in ("precision", "engine", "status", "tries", "seconds", "cache key"):
         table.add_column(column)
     for r in results:
-        table.add_row(r.precision, str(r.path), "cached" if r.cached else "built", str(len(r.attempts)),
+        table.add_row(r.precision, escape(str(r.path)), "cached" if r.cached else "built", str(len(r.attempts)),
                       f"{r.seconds:.1f}", r.key.digest())
     console.print(table)
 
@@ -88,9 +89,11 @@ def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, .
     """
     import json
 
-    from alexnet_deploy.deploy.files import atomic_write_text
+    from alexnet_deploy.deploy.files import atomic_write_text, check_writable
     from alexnet_deploy.deploy.verify import verify_bundle
 
+    if json_out:
+        check_writable(json_out, "--json")
     console = _console()
     with console.status("verifying…") as status:
         report = verify_bundle(bundle, backends=backends or ("auto",), precisions=precisions or None,
@@ -131,11 +134,14 @@ def _print_report(console, report) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz, .tgz, .tar).")
 @click.option("--with-engines", is_flag=True, help="Also pack TensorRT engines (only useful for an identical device).")
-def pack_cmd(bundle: Path, out: Path, with_engines: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def pack_cmd(bundle: Path, out: Path, with_engines: bool, overwrite: bool) -> None:
     """Check BUNDLE and write it as one archive to copy to a device."""
+    from alexnet_deploy.deploy.files import check_writable
     from alexnet_deploy.deploy.pack import pack_bundle
 
-    result = pack_bundle(bundle, out, include_engines=with_engines)
+    check_writable(out, "-o")
+    result = pack_bundle(bundle, out, include_engines=with_engines, overwrite=overwrite)
     click.echo(f"packed {len(result.files)} files into {result.path} ({result.bytes / 1e6:.1f} MB, "
                f"sha256 {result.sha256})")
 
@@ -150,8 +156,14 @@ def unpack_cmd(archive: Path, dest: Path, overwrite: bool, max_gib: float) -> No
     """Safely extract a packed bundle ARCHIVE into DEST and check every file's sha256."""
     from alexnet_deploy.deploy.pack import unpack_bundle
 
+    import os
+
+    cwd = Path(os.getcwd()).resolve()
     out = unpack_bundle(archive, dest, overwrite=overwrite, max_bytes=int(max_gib * (1 << 30)))
     click.echo(f"unpacked {archive} into {out}; next: alexnet-deploy verify {out}")
+    if overwrite and (cwd == out or out in cwd.parents):
+        # The old directory was replaced by the new one: a shell still inside it sees an empty folder.
+        click.echo(f"note: your shell's working directory was the old {out}; run `cd {out}` to see the new files")
 
 
 @cli.command("export-triton")

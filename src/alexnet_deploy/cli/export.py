@@ -17,7 +17,7 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 
     # Piped output (CI logs, files) gets a wide console so the table is not folded.
     console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"bundle {out} ({seconds:.1f} s)")
+    table = Table(title=escape(f"bundle {out} ({seconds:.1f} s)"))
     for column in ("file", "precision", "MB", "parity"):
         table.add_column(column)
     parity = manifest.parity
@@ -27,20 +27,20 @@ def _summary(manifest, out: Path, seconds: float) -> None:
         text = (f"max|Δ| {check['max_abs_diff']:.2e}, cos {check['min_cosine']:.6f}, "
                 f"top-1 {check['top1_agreement']:.1%}"
                 if check else "")
-        table.add_row(art.file, art.precision, f"{art.bytes / 1e6:.1f}", text)
+        table.add_row(escape(art.file), art.precision, f"{art.bytes / 1e6:.1f}", text)
     console.print(table)
-    console.print(f"verified on {parity.get('n')} {parity.get('source')} inputs; opset {manifest.export.get('opset')}, "
+    console.print(f"verified on {parity.get('n')} {escape(str(parity.get('source')))} inputs; opset {manifest.export.get('opset')}, "
                   f"LRN {manifest.export.get('lrn')} ({manifest.export.get('lrn_nodes')} nodes)")
     for item in manifest.export.get("fp16", {}).get("kept_fp32", []):
         console.print(f"[yellow]fp16 overflow guard kept {escape(item['node'])} ({item['op_type']}) in fp32: "
                       f"{escape(item['reason'])}")
     calibration = manifest.calibration
     if manifest.artifact("int8") is not None and calibration:
-        console.print(f"int8: {calibration.get('method')} calibration on {calibration.get('num_images')} images "
-                      f"(report: {calibration.get('report')})")
+        console.print(escape(f"int8: {calibration.get('method')} calibration on {calibration.get('num_images')} "
+                             f"images (report: {calibration.get('report')})"))
     engines = manifest.export.get("engines", {})
     if engines.get("status") == "built":
-        console.print(f"TensorRT engines: {', '.join(engines['engines'])}")
+        console.print(escape(f"TensorRT engines: {', '.join(engines['engines'])}"))
     else:
         console.print(f"[yellow]TensorRT engines {engines.get('status')} ({escape(str(engines.get('reason')))}).[/] "
                       "Build them on the target with:")
@@ -53,11 +53,13 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 compute, fp32 I/O, overflow guard).")
 @click.option("--int8", is_flag=True, help="Also calibrate model.int8.onnx (needs --calib).")
-@click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration image folder for --int8.")
+@click.option("--calib", "calib", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Calibration image folder for --int8.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Largest batch for engines (the ONNX batch axis is dynamic).")
 @click.option("--opset", default=None, type=int, help="ONNX opset (default 18; 17 for TensorRT 8.6 / JetPack 6.0).")
-@click.option("--verify-data", type=click.Path(path_type=Path), help="Image folder to verify parity on.")
+@click.option("--verify-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Image folder to verify parity on.")
 @click.option("--verify-count", default=32, show_default=True, type=click.IntRange(min=1),
               help="Number of verification images (also stored in reference.npz).")
 @click.option("--no-engine", is_flag=True, help="Do not build TensorRT engines even if TensorRT and a GPU are here.")

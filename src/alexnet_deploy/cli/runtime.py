@@ -113,15 +113,26 @@ def _run_with_progress(bundle, config):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the rows as CSV here.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), help="Write PNG plots into this folder.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable --data image instead of skipping it.")
 def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_time_s, end_to_end, threads,
-          checkpoint, max_images, json_path, csv_path, plot_dir) -> None:
-    """Latency (p50/p90/p99, throughput) and accuracy of every backend x precision x batch of BUNDLE."""
-    from alexnet_deploy.deploy import bench as lib
+          checkpoint, max_images, json_path, csv_path, plot_dir, strict) -> None:
+    """Latency (p50/p90/p99, throughput) and accuracy of every backend x precision x batch of BUNDLE.
 
+    Exit 1 when a row failed (e.g. a checksum, a wrong --checkpoint) or no backend could run; rows
+    that are merely unavailable here (no GPU, no TensorRT) do not fail the run."""
+    from alexnet_deploy.deploy import bench as lib
+    from alexnet_deploy.deploy.files import check_writable
+
+    # Checked before the run: a bench can take minutes, and its results must not be lost at the end.
+    for path, flag in ((json_path, "--json"), (csv_path, "--csv")):
+        if path:
+            check_writable(path, flag)
+    if plot_dir:
+        check_writable(plot_dir, "--plot", directory=True)
     config = lib.BenchConfig(backends=tuple(backends) or lib.DEFAULT_BACKENDS,
                              precisions=tuple(precisions) or lib.PRECISIONS, batches=tuple(batches),
                              warmup_s=warmup_s, min_iters=min_iters, min_time_s=min_time_s, end_to_end=end_to_end,
-                             threads=threads, checkpoint=checkpoint, data=data, max_images=max_images)
+                             threads=threads, checkpoint=checkpoint, data=data, max_images=max_images, strict=strict)
     report = _run_with_progress(bundle, config)
     console = _console()
     table, reasons = _bench_table(report, _reference_lookup(report.rows))
@@ -135,7 +146,23 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
         console.print(f"wrote {lib.write_csv(report.rows, csv_path)}")
     for path in lib.write_plots(report, plot_dir) if plot_dir else []:
         console.print(f"wrote {path}")
+    _exit_on_failure(report)
 
+
+def _exit_on_failure(report) -> None:
+    """Exit 1 (after the table and files are written, so CI keeps them) when a requested row failed
+    or nothing could run at all."""
+    failed = [r for r in report.rows if r.status == "failed"]
+    if failed:
+        first = failed[0]
+        pairs = len({(r.backend, r.precision) for r in failed})
+        click.echo(f"Error: {pairs} backend x precision pair(s) failed (first: {first.backend} {first.precision}: "
+                   f"{first.reason}); fix it or leave it out with --backend/--precision", err=True)
+        sys.exit(1)
+    if not any(r.status == "ok" for r in report.rows):
+        click.echo("Error: no backend could run this bundle here (see the reasons under the table); install "
+                   "one, e.g. pip install 'alexnet-deploy[ort]'", err=True)
+        sys.exit(1)
 
 def _cv_warn(report) -> float:
     from alexnet_deploy.deploy.bench import CV_WARN
@@ -144,6 +171,8 @@ def _cv_warn(report) -> float:
 
 
 def _print_notes(console, report) -> None:
+    from rich.markup import escape
+
     ok = [r for r in report.rows if r.status == "ok"]
     reference = next((r.reference for r in report.rows if r.reference), None)
     images = next((r.n_images for r in ok if r.n_images), None)
@@ -163,10 +192,18 @@ def _print_notes(console, report) -> None:
         for warning in row.warnings:
             if warning not in seen and not warning.startswith("unstable"):
                 seen.add(warning)
-                console.print(f"[yellow]* warning[/] {row.backend} {row.precision}: {warning}")
+                console.print(f"[yellow]* warning[/] {row.backend} {row.precision}: {escape(warning)}")
+    skipped = report.config.get("skipped_images") or []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/] (--strict makes them fatal): "
+                      f"{escape(shown)}")
     system = report.system
+    features = system.get("cpu_features") or {}
     console.print(f"system: {system.get('cpu')} ({system.get('cpu_usable')} usable cores), "
                   f"GPU: {system.get('gpu') or system.get('gpu_reason')}")
+    console.print(f"CPU ISA: {' '.join(features.get('isa', [])) or 'unknown'}; int8 dot product (VNNI/AMX/ARM): "
+                  f"{'yes' if features.get('int8_dot_product') else 'no'}")
 
 
 @cli.command("bench-diff")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from alexnet_deploy.cli import cli
+from alexnet_deploy.errors import DataError
 
 _CHOICE_ARCH = click.Choice(["alexnet2012", "torchvision"])
 
@@ -49,6 +50,8 @@ def _train_options(func):
         click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
         click.option("--wandb", metavar="PROJECT", help="Also log to this Weights & Biases project (needs wandb)."),
+        click.option("--overwrite", is_flag=True, default=None,
+                     help="Replace an earlier run in --out (without it, train refuses; --resume continues one)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -80,33 +83,51 @@ def train(config_file: str | None, **flags: Any) -> None:
 @cli.command()
 @click.argument("source", type=click.Path(exists=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--topk", type=int, default=5, show_default=True, help="How many classes to show per image.")
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--arch", type=_CHOICE_ARCH, help="Architecture of a plain state_dict (detected when omitted).")
 @click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
 @click.option("--backend", help="For a bundle SOURCE: auto (default), ort, ort-cuda, trt, ov or pt.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch: str | None,
-            num_classes: int | None, backend: str | None) -> None:
+            num_classes: int | None, backend: str | None, strict: bool) -> None:
     """Classify images (files or folders) with a checkpoint or a bundle; prints classes and probabilities.
 
     \b
     Example:
       alexnet-deploy predict runs/demo/best.pt examples/data/cifar10-sample/val/cat --topk 3
+
+    An unreadable image is reported by path and skipped (--strict stops instead).
     """
+    skipped: list[tuple[str, str]] | None = None if strict else []
+    results = _predict(source, images, topk, arch, num_classes, backend, skipped)
+    _print_skipped(skipped or [])
+    if not results:
+        raise DataError(f"none of the {len(skipped or [])} images could be read; nothing to predict")
+    _print_predictions(results, as_json)
+
+
+def _predict(source, images, topk, arch, num_classes, backend, skipped):
     if _is_bundle(source):  # the torch-free runtime (deploy.load); never imports torch unless --backend pt
         from alexnet_deploy.deploy import load
         from alexnet_deploy.deploy.preprocess import image_files
 
         with load(source, backend=backend or "auto") as model:
-            results = model.classify(image_files(images), topk=topk)
-        _print_predictions(results, as_json)
-        return
+            return model.classify(image_files(images), topk=topk, skipped=skipped)
     if backend:
         raise click.UsageError("--backend needs a bundle SOURCE (a directory or .tar.gz); a checkpoint runs on PyTorch")
     from alexnet_deploy.alexnet.predict import predict as run_predict
 
-    results = run_predict(source, images, topk=topk, arch=arch, num_classes=num_classes)
-    _print_predictions(results, as_json)
+    return run_predict(source, images, topk=topk, arch=arch, num_classes=num_classes, skipped=skipped)
+
+
+def _print_skipped(skipped: list[tuple[str, str]]) -> None:
+    """Unreadable images, one line each on stderr (stdout stays the results, e.g. --json)."""
+    for _, reason in skipped:
+        click.echo(f"skipped: {reason}", err=True)
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable image(s) (--strict makes them fatal)", err=True)
 
 
 def _is_bundle(source: str) -> bool:
@@ -118,6 +139,7 @@ def _print_predictions(results, as_json: bool) -> None:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("class", "probability")
@@ -125,7 +147,8 @@ def _print_predictions(results, as_json: bool) -> None:
     table.columns.insert(0, table.columns.pop())
     for result in results:
         for rank, (name, prob) in enumerate(result.top):
-            table.add_row(result.path if rank == 0 else "", name, f"{prob:.4f}")
+            # File and class names are data, not markup: "[red]x.jpg" must print as itself.
+            table.add_row(escape(str(result.path)) if rank == 0 else "", escape(name), f"{prob:.4f}")
     Console().print(table)
 
 
@@ -185,7 +208,7 @@ class RichTrainProgress:
             f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
 
     def message(self, text: str) -> None:
-        self.bar.console.print(text)
+        self.bar.console.print(text, markup=False, highlight=False)   # names skipped files verbatim
 
     def summary(self, out) -> None:
         from rich.console import Console
