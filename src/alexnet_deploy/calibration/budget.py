@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from alexnet_deploy.calibration.qdq import require_valid, write_qdq
+from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS, require_valid, write_qdq
 from alexnet_deploy.calibration.report import Accuracy, LayerSensitivity
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,14 @@ class Budget:
         return " and ".join(p for p in parts if p)
 
 
-def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Run a model on ORT CPU over ``images``."""
-    from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches
+def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32, *,
+           semantic: bool = False) -> np.ndarray:
+    """Run a model on ORT CPU over ``images``; ``semantic`` runs a Q/DQ model as the float ops it
+    is made of (deploy.onnxrt.semantic_session), so the result does not depend on this CPU."""
+    from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches, semantic_session
 
-    return run_batches(cpu_session(model_path), images, batch_size)
+    session = semantic_session(model_path) if semantic else cpu_session(model_path)
+    return run_batches(session, images, batch_size)
 
 
 def accuracy(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> Accuracy:
@@ -74,9 +77,13 @@ def accuracy(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -
 
 
 def measure(model_path: str | os.PathLike, evaluation: Evaluation) -> Accuracy:
-    """Accuracy of ``model_path`` on the held-out images, against the fp32 logits."""
-    return accuracy(logits(model_path, evaluation.images, evaluation.batch_size), evaluation.fp32_logits,
-                    evaluation.labels)
+    """Accuracy of the Q/DQ model ``model_path`` on the held-out images, against the fp32 logits.
+
+    Measured on the model's own semantics, not on this CPU's int8 kernels: what TensorRT and
+    every correct CPU kernel compute, so the same calibration gives the same numbers and the same
+    layer choices on any build machine (a CPU whose kernels deviate is caught by verify)."""
+    return accuracy(logits(model_path, evaluation.images, evaluation.batch_size, semantic=True),
+                    evaluation.fp32_logits, evaluation.labels)
 
 
 def score(acc: Accuracy, fp32_top1: float | None = None) -> tuple[float, float]:
@@ -91,16 +98,16 @@ def score(acc: Accuracy, fp32_top1: float | None = None) -> tuple[float, float]:
 
 
 def quantize_and_measure(fp32_path: Path, out_path: Path, ranges: dict[str, float], keep_float: Sequence[str],
-                         evaluation: Evaluation | None) -> Accuracy | None:
+                         evaluation: Evaluation | None, weight_bits: int = DEFAULT_WEIGHT_BITS) -> Accuracy | None:
     """Write a Q/DQ model, refuse it if TensorRT would, and measure it (None without held-out images)."""
-    write_qdq(fp32_path, out_path, ranges, keep_float)
+    write_qdq(fp32_path, out_path, ranges, keep_float, weight_bits)
     require_valid(out_path)
     return measure(out_path, evaluation) if evaluation is not None else None
 
 
 def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: Sequence[str],
                 baseline: Accuracy, evaluation: Evaluation, progress: Progress | None = None,
-                by_agreement: bool = False) -> list[LayerSensitivity]:
+                by_agreement: bool = False, weight_bits: int = DEFAULT_WEIGHT_BITS) -> list[LayerSensitivity]:
     """Leave-one-out: for each layer, quantize everything else and measure what is won back.
 
     Sorted most sensitive first: top-1 gain then agreement gain, or the other way round with
@@ -109,7 +116,7 @@ def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: S
     """
     results = []
     for done, layer in enumerate(layers, 1):
-        acc = quantize_and_measure(fp32_path, work / "sensitivity.onnx", ranges, [layer], evaluation)
+        acc = quantize_and_measure(fp32_path, work / "sensitivity.onnx", ranges, [layer], evaluation, weight_bits)
         gain = (acc.top1 or 0.0) - (baseline.top1 or 0.0)
         results.append(LayerSensitivity(layer=layer, accuracy=acc, gain=round(gain, 4),
                                         agreement_gain=round((acc.agreement or 0) - (baseline.agreement or 0), 4)))
@@ -123,7 +130,8 @@ def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: S
 
 def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: Sequence[LayerSensitivity],
                 evaluation: Evaluation, target: Budget, baseline: tuple[Path, Accuracy],
-                progress: Progress | None = None) -> tuple[tuple[str, ...], Accuracy, bool]:
+                progress: Progress | None = None,
+                weight_bits: int = DEFAULT_WEIGHT_BITS) -> tuple[tuple[str, ...], Accuracy, bool]:
     """Keep layers in float, most sensitive first, until ``target`` is met.
 
     ``baseline`` is the all-int8 model and its accuracy. Returns (layers kept in float, accuracy
@@ -138,7 +146,7 @@ def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: S
     for done, item in enumerate(candidates, 1):
         kept.append(item.layer)
         candidate = work / "candidate.onnx"
-        acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation)
+        acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation, weight_bits)
         met = target.met(acc, fp32_top1)
         if met or score(acc, fp32_top1) > score(best[1], fp32_top1):
             best = (tuple(kept), acc)

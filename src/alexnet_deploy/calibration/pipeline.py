@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from alexnet_deploy import __version__
-from alexnet_deploy.calibration import budget, dataset, histogram, qdq
+from alexnet_deploy.calibration import budget, dataset, golden, histogram, qdq
 from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, CalibrationReport, MethodResult,
                                                write_report)
 from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
@@ -40,6 +40,7 @@ class _Request:
     seed: int
     allow_random: bool
     num_val: int
+    weight_bits: int
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathLike | None, num_images: int = 512,
@@ -47,7 +48,8 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
                      val_dir: str | os.PathLike | None = None, seed: int = 0, allow_random: bool = False,
                      progress: Progress | None = None, num_val: int = 1000,
                      report_path: str | os.PathLike | None = None,
-                     min_agreement: float | None = None) -> CalibrationReport:
+                     min_agreement: float | None = None,
+                     weight_bits: int = qdq.DEFAULT_WEIGHT_BITS) -> CalibrationReport:
     """Calibrate the bundle's fp32 ONNX into ``model.int8.onnx`` and record it in the manifest.
 
     ``calib_dir`` is an image folder with one sub-folder per class. Accuracy is measured on
@@ -57,9 +59,13 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     ``min_agreement`` (% of held-out images whose top-1 matches fp32), the most sensitive layers
     are kept in float until both hold, else BudgetNotMet (a CalibrationError) carries the report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
     calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
+    ``weight_bits`` 7 (default) gives a model every CPU computes correctly; 8 is for TensorRT or
+    CPUs with VNNI/AMX/ARM int8 dot products only (see deploy/cpu.py). Accuracy is measured on the
+    Q/DQ model's own semantics, and those logits on the bundle's golden inputs are stored in
+    ``reference.int8.npz`` for ``verify`` to judge a device's int8 kernels against.
     """
     request = _validate(bundle_dir, calib_dir, num_images, method, batch_size,
-                        budget.Budget(max_drop, min_agreement), val_dir, seed, allow_random, num_val)
+                        budget.Budget(max_drop, min_agreement), val_dir, seed, allow_random, num_val, weight_bits)
     started = time.perf_counter()
     manifest = read_manifest(request.bundle)
     fp32_path = _fp32_model(request.bundle, manifest)
@@ -95,7 +101,10 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
 
 
 def _validate(bundle_dir, calib_dir, num_images, method, batch_size, target: budget.Budget, val_dir, seed,
-              allow_random, num_val) -> _Request:
+              allow_random, num_val, weight_bits) -> _Request:
+    if weight_bits not in qdq.WEIGHT_BITS:
+        raise CalibrationError(f"--weight-bits {weight_bits!r}: expected 7 (safe on every CPU) or 8 (TensorRT, "
+                               "or CPUs with VNNI/AMX/ARM int8 dot products)")
     if method not in ("auto", *histogram.METHODS):
         raise CalibrationError(f"--method {method!r} is unknown; expected auto, {', '.join(histogram.METHODS)}")
     for flag, value in (("--num-images", num_images), ("--batch-size", batch_size), ("--num-val", num_val)):
@@ -114,7 +123,7 @@ def _validate(bundle_dir, calib_dir, num_images, method, batch_size, target: bud
             raise CalibrationError(f"{flag} {folder}: not a directory; expected an image folder with class sub-folders")
     return _Request(Path(bundle_dir), Path(calib_dir) if calib_dir else None, int(num_images), method,
                     int(batch_size), target, Path(val_dir) if val_dir else None, int(seed), allow_random,
-                    int(num_val))
+                    int(num_val), int(weight_bits))
 
 
 def _timed(timings: dict[str, float], name: str, fn):
@@ -191,7 +200,7 @@ def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, eva
         start = time.perf_counter()
         ranges = histogram.thresholds(histograms, name)
         out = work / f"{name}.onnx"
-        qdq.write_qdq(fp32_path, out, ranges)
+        qdq.write_qdq(fp32_path, out, ranges, weight_bits=request.weight_bits)
         seconds = time.perf_counter() - start
         problems = tuple(qdq.check_qdq(out))
         if problems:
@@ -242,10 +251,11 @@ def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: Method
     start = time.perf_counter()
     # Rank by what is missing: agreement when top-1 already fits, else top-1.
     by_agreement = budget.Budget(request.budget.max_drop).met(acc, fp32_top1)
-    ranked = budget.sensitivity(fp32_path, work, chosen.thresholds, layers, acc, evaluation, progress, by_agreement)
+    ranked = budget.sensitivity(fp32_path, work, chosen.thresholds, layers, acc, evaluation, progress, by_agreement,
+                                weight_bits=request.weight_bits)
     timings["sensitivity"] = round(time.perf_counter() - start, 3)
     kept, reached, met = budget.meet_budget(fp32_path, work, chosen.thresholds, ranked, evaluation,
-                                            request.budget, (path, acc), progress)
+                                            request.budget, (path, acc), progress, weight_bits=request.weight_bits)
     timings["budget"] = round(time.perf_counter() - start - timings["sensitivity"], 3)
     return work / "budget.onnx", kept, ranked, reached, met
 
@@ -274,11 +284,13 @@ def _versions() -> dict[str, str]:
 def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: CalibrationReport,
                      scales: dict) -> None:
     built_with = {"tool": "alexnet-deploy calibrate", "method": report.method, "format": "QDQ int8 symmetric",
-                  "per_channel_weights": True, "quantize_bias": False, "scales": scales,
+                  "per_channel_weights": True, "weight_bits": request.weight_bits, "quantize_bias": False,
+                  "scales": scales,
                   "kept_float": list(report.kept_float), "random_calibration": calib.random, **_versions()}
     calibration = {
         "method": report.method, "method_requested": report.method_requested, "num_images": len(calib),
-        "seed": report.seed, "random": calib.random, "source": calib.root, "images": list(calib.files),
+        "seed": report.seed, "random": calib.random, "weight_bits": request.weight_bits,
+        "measured": report.int8 is not None, "source": calib.root, "images": list(calib.files),
         "skipped": list(calib.skipped), "cache_key": calib.cache_key, "report": REPORT_NAME,
         "kept_float": list(report.kept_float), "max_drop": report.max_drop,
         "min_agreement": report.min_agreement, "budget_met": report.budget_met,
@@ -290,4 +302,8 @@ def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: C
     # Re-read: export may have added artifacts since we started.
     manifest = read_manifest(request.bundle)
     artifact = make_artifact(request.bundle, INT8_FILE, "onnx", "int8", built_with)
-    write_manifest(request.bundle, manifest.with_artifact(artifact).replace(calibration=calibration))
+    manifest = manifest.with_artifact(artifact)
+    oracle = golden.write_int8_reference(request.bundle, manifest, artifact)
+    if oracle is not None:
+        manifest = manifest.with_artifact(oracle)
+    write_manifest(request.bundle, manifest.replace(calibration=calibration))

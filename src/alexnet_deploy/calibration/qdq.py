@@ -24,6 +24,9 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 # Name prefix of the nodes export/lrn.py's LRN rewrite adds (export.lrn.PREFIX; a string here so
 # calibration does not import export).
 LRN_REWRITE_PREFIX = "lrn_conv/"
+# 7: weights on [-64, 64], safe on every CPU; 8: full range, for TensorRT or VNNI/AMX/ARM CPUs only.
+WEIGHT_BITS = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
 # Op types in ORT's optimized graph that prove int8 arithmetic is used (not just Q/DQ round trips).
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
                 "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool")
@@ -92,9 +95,13 @@ def float_nodes(model, layers: Sequence[str]) -> list[str]:
 
 
 def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges: dict[str, float],
-              keep_float: Sequence[str] = ()) -> Path:
+              keep_float: Sequence[str] = (), weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
     """Write the symmetric int8 Q/DQ model; ``ranges`` maps activation name -> threshold T
-    (quantized on [-T, T]); nodes named in ``keep_float`` stay fp32."""
+    (quantized on [-T, T]); nodes named in ``keep_float`` stay fp32. ``weight_bits`` 7 stores the
+    weights on [-64, 64] (int8 type, zero point 0): correct on every CPU's int8 kernels; 8 uses the
+    full [-127, 127], which x86 CPUs without VNNI compute wrongly (see deploy/cpu.py)."""
+    if weight_bits not in WEIGHT_BITS:
+        raise CalibrationError(f"--weight-bits {weight_bits!r}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
     onnx, method, fmt, qtype, quantize_static, tensor_data, tensors_data, save = _import_quantization()
     import numpy as np
 
@@ -114,6 +121,7 @@ def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges:
                 quantize_static(
                     str(fp32_path), str(tmp_out), calibration_data_reader=None, quant_format=fmt.QDQ,
                     per_channel=True, activation_type=qtype.QInt8, weight_type=qtype.QInt8,
+                    reduce_range=weight_bits == 7,
                     nodes_to_exclude=excluded, calibrate_method=method.MinMax, calibration_cache_path=cache,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:

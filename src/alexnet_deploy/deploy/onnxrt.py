@@ -75,3 +75,18 @@ def run_batches(session, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray
     outputs = [session.run(None, {name: np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32)})[0]
                for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, 0), np.float32)
+
+
+def semantic_session(model: str | os.PathLike | bytes):
+    """A CPU session that computes what a Q/DQ model *means*, whatever this CPU's int8 kernels do.
+
+    With graph optimizations off, ONNX Runtime runs QuantizeLinear / DequantizeLinear as the
+    element-wise float operations the ONNX spec defines and every Conv/Gemm in fp32: no fusion into
+    int8 kernels, so no VNNI / AVX2 / NEON code path and no 16-bit saturation. Its logits are the
+    hardware-independent oracle that a device's int8 logits are judged against."""
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from alexnet_deploy.deploy.cpu import detect as detect_cpu
 from alexnet_deploy.errors import MissingDependency
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def system_facts(threads: int | None = None, jetson: JetsonPaths | None = None) 
         usable = os.cpu_count()
     facts: dict[str, Any] = {
         "hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_usable": usable, "threads": threads,
+        "cpu": cpu_model(), "cpu_features": detect_cpu().to_dict(), "cpu_count": os.cpu_count(), "cpu_usable": usable, "threads": threads,
         "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "packages": package_versions(),
     }

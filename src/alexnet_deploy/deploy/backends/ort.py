@@ -14,6 +14,7 @@ import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
+from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
 from alexnet_deploy.deploy.onnxrt import import_ort, session_options
 from alexnet_deploy.deploy.system import cuda_device_count
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
@@ -35,12 +36,15 @@ _MAKE_HINT = {
 
 
 class OrtBackend(Backend):
-    """ONNX Runtime session over ``model[.fp16|.int8].onnx``; ``provider`` is cpu, cuda or tensorrt."""
+    """ONNX Runtime session over ``model[.fp16|.int8].onnx``; ``provider`` is cpu, cuda or tensorrt.
+
+    An int8 model whose weights this CPU's kernels would saturate (see deploy/cpu.py) is refused
+    unless ``allow_unsafe_int8`` (for demonstrating the failure, e.g. against verify's oracle)."""
 
     name = "ort"
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *, provider: str = "cpu",
-                 **options) -> None:
+                 allow_unsafe_int8: bool = False, **options) -> None:
         options.pop("checkpoint", None)  # a pt-only option; accepted so load(..., checkpoint=) works on auto
         super().__init__(bundle, precision, **options)
         if provider not in PROVIDERS:
@@ -51,6 +55,8 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.bundle} has no {precision} ONNX artifact; make it with "
                                      f"`{_MAKE_HINT[precision]}`")
         path = verify_artifact(self.bundle, artifact)
+        if precision == "int8" and provider == "cpu" and not allow_unsafe_int8:
+            refuse_unsafe_int8(artifact, "ONNX Runtime")
         self.model_bytes = artifact.bytes
         self.session = self._open(path, PROVIDERS[provider])
         self.provider = self.session.get_providers()[0]

@@ -25,6 +25,7 @@ import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
+from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, MissingDependency
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,15 @@ class OvBackend(Backend):
 
     ``hint``: OpenVINO performance hint ("latency" = one stream, all threads on one request);
     ``threads``: INFERENCE_NUM_THREADS (None = OpenVINO's choice); ``inference_precision``:
-    "f32" (default, exact) or "bf16" (faster on CPUs with bf16 units, less exact).
+    "f32" (default, exact) or "bf16" (faster on CPUs with bf16 units, less exact). An int8 model
+    this CPU's kernels would saturate is refused unless ``allow_unsafe_int8`` (see deploy/cpu.py).
     """
 
     name = "ov"
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *, hint: str = "latency",
-                 inference_precision: str = "f32", lrn: str = "native", **options) -> None:
+                 inference_precision: str = "f32", lrn: str = "native", allow_unsafe_int8: bool = False,
+                 **options) -> None:
         options.pop("checkpoint", None)  # pt-only, accepted so load(..., checkpoint=) works everywhere
         options.pop("provider", None)    # ort-only; OpenVINO here always runs on its CPU device
         super().__init__(bundle, precision, **options)
@@ -72,6 +75,8 @@ class OvBackend(Backend):
         if artifact is None:
             raise BackendUnavailable(f"{self.bundle} has no {precision} ONNX artifact for the ov backend")
         path = verify_artifact(self.bundle, artifact)
+        if precision == "int8" and not allow_unsafe_int8:
+            refuse_unsafe_int8(artifact, "OpenVINO")
         self.model_bytes = artifact.bytes
         self._core = ov.Core()
         if "CPU" not in self._core.available_devices:

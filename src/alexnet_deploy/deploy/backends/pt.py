@@ -29,6 +29,7 @@ class PtBackend(Backend):
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *,
                  checkpoint: str | os.PathLike | None = None, **options) -> None:
         options.pop("provider", None)  # an ort-only option; accepted so load(..., provider=) works on auto
+        options.pop("allow_unsafe_int8", None)  # pt runs no int8
         super().__init__(bundle, precision, **options)
         try:
             import torch

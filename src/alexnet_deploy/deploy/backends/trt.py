@@ -171,7 +171,7 @@ class TrtBackend(Backend):
     is_gpu = True
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", **options) -> None:
-        for ignored in ("checkpoint", "provider"):
+        for ignored in ("checkpoint", "provider", "allow_unsafe_int8"):
             options.pop(ignored, None)
         super().__init__(bundle, precision, **options)
         trt, cudart = import_tensorrt(), import_cudart()
