@@ -29,11 +29,13 @@ METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--allow-random-calibration", is_flag=True,
               help="Calibrate on random pixels when no --calib is given: LATENCY EXPERIMENTS ONLY.")
+@click.option("--weight-bits", default="7", show_default=True, type=click.Choice(["7", "8"]),
+              help="Weight bits: 7 runs correctly on every CPU; 8 only on TensorRT and CPUs with VNNI/AMX/ARM.")
 @click.option("--report", "report_file", type=click.Path(path_type=Path),
               help="Also write the JSON report here (default: BUNDLE/calibration_report.json).")
 def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str, batch_size: int,
               max_drop: float | None, min_agreement: float | None, val_dir: Path | None, num_val: int, seed: int,
-              allow_random_calibration: bool, report_file: Path | None) -> None:
+              allow_random_calibration: bool, weight_bits: str, report_file: Path | None) -> None:
     """Calibrate BUNDLE's fp32 ONNX into a TensorRT-compatible int8 Q/DQ model.
 
     Writes BUNDLE/model.int8.onnx, BUNDLE/calibration_report.json and the manifest entry.
@@ -54,7 +56,8 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
             report = calibrate_bundle(bundle, calib_dir=calib_dir, num_images=num_images, method=method,
                                       batch_size=batch_size, max_drop=max_drop, val_dir=val_dir, seed=seed,
                                       allow_random=allow_random_calibration, progress=update, num_val=num_val,
-                                      report_path=report_file, min_agreement=min_agreement)
+                                      report_path=report_file, min_agreement=min_agreement,
+                                      weight_bits=int(weight_bits))
     except BudgetNotMet as exc:
         print_report(Console(), exc.report)
         raise

@@ -13,7 +13,8 @@ import click
 from alexnet_deploy.cli import cli
 
 _PRECISIONS = ("fp32", "fp16", "int8")
-_STATUS_STYLE = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]"}
+_STATUS_STYLE = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]",
+                 "info": "[cyan]info[/]"}
 
 
 def _console():
@@ -113,7 +114,7 @@ def _print_report(console, report) -> None:
     from rich.table import Table
 
     wide = console.width >= 150
-    table = Table(title=f"verify {report.bundle}", show_lines=False)
+    table = Table(title=f"verify {report.bundle}", caption=f"CPU: {report.cpu.describe()}", show_lines=False)
     for column in ("check", "target", "result", "agree", "cosine", "max|Δ|"):
         table.add_column(column, no_wrap=True)
     if wide:
@@ -126,7 +127,7 @@ def _print_report(console, report) -> None:
     console.print(table)
     if not wide:
         for c in report.checks:
-            if c.status != "pass":
+            if c.status not in ("pass", "info"):
                 console.print(f"{_STATUS_STYLE[c.status]} {c.check} {escape(c.target)}: {escape(c.detail)}")
 
 

@@ -67,10 +67,12 @@ def _summary(manifest, out: Path, seconds: float) -> None:
 @click.option("--arch", type=click.Choice(["alexnet2012", "torchvision"]), help="Arch of a plain state_dict.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a plain state_dict.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
+@click.option("--weight-bits", default="7", show_default=True, type=click.Choice(["7", "8"]),
+              help="int8 weight bits: 7 runs correctly on every CPU; 8 only on TensorRT and CPUs with VNNI/AMX/ARM.")
 @click.option("--lrn", default="conv", show_default=True, help="LRN in the graph: conv (banded 1x1 conv + sqrt, fastest on CPU), native (one ONNX LRN node), or decomposed.")
 def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | None, max_batch: int,
            opset: int | None, verify_data: Path | None, verify_count: int, no_engine: bool, image_size: int | None,
-           arch: str | None, num_classes: int | None, no_simplify: bool, lrn: str) -> None:
+           arch: str | None, num_classes: int | None, no_simplify: bool, weight_bits: str, lrn: str) -> None:
     """Export CHECKPOINT to a verified deployment bundle directory."""
     import time
 
@@ -86,5 +88,6 @@ def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | No
                                  opset=opset or DEFAULT_OPSET, verify_data=verify_data, image_size=image_size,
                                  arch=arch, num_classes=num_classes, engines=not no_engine,
                                  simplify=not no_simplify, lrn=lrn, verify_count=verify_count,
+                                 weight_bits=int(weight_bits),
                                  progress=lambda message: status.update(message))
     _summary(manifest, out, time.perf_counter() - started)
