@@ -13,8 +13,7 @@ from typing import Iterator
 
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
-# Kept in the bundle directory (never deleted: unlinking a lock file lets a third writer lock a new
-# inode while a second still holds the old one). Hidden, and never listed in the manifest.
+# Hidden and never listed in the manifest; removed again when the writer is done.
 LOCK_NAME = ".alexnet-deploy.lock"
 
 
@@ -65,26 +64,44 @@ def bundle_lock(directory: str | os.PathLike, flag: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` for as long as this process writes into it.
 
     A second writer is refused at once (naming the holder's pid) rather than queued: it would
-    otherwise overwrite the first one's files after they were hashed. The lock is released by the
-    kernel when the process dies, so a killed run never leaves a stale lock."""
-    import fcntl
-
+    otherwise overwrite the first one's files after they were hashed. The kernel releases the lock
+    when the process dies, so a killed run never leaves a stale lock."""
     path = Path(directory) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _locked_fd(path, directory, flag)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise BundleError(f"{flag} {directory}: another alexnet-deploy process (pid {holder}) is writing this "
-                              f"bundle; wait for it to finish or choose another {flag}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
-        os.close(fd)   # closing the descriptor releases the lock
+        # Unlink before closing: a process that opened this file meanwhile sees a different inode
+        # at the path once it gets the lock, and starts over (see _locked_fd).
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _locked_fd(path: Path, directory: str | os.PathLike, flag: str) -> int:
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise BundleError(f"{flag} {directory}: another alexnet-deploy process (pid {holder}) is writing this "
+                              f"bundle; wait for it to finish or choose another {flag}") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)   # the holder removed this file as we locked it: lock the current one instead
 
 
 def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = False) -> Path:
