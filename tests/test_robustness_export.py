@@ -6,6 +6,7 @@ first one wrote. Real processes, real checkpoints, a real export.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def test_export_into_a_locked_bundle_is_refused(tmp_path: Path) -> None:
         child = _export(tmp_path / "never-read.pt", out)
         _, stderr = child.communicate(timeout=120)
     assert child.returncode == 1
-    assert f"another alexnet-deploy process (pid {__import__('os').getpid()})" in stderr
+    assert f"another alexnet-deploy process (pid {os.getpid()})" in stderr
     assert "Traceback" not in stderr and not list(out.iterdir())   # nothing written, the lock file removed
 
 

@@ -50,8 +50,7 @@ def _train_options(func):
         click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
         click.option("--wandb", metavar="PROJECT", help="Also log to this Weights & Biases project (needs wandb)."),
-        click.option("--overwrite", is_flag=True, default=None,
-                     help="Replace an earlier run in --out (without it, train refuses; --resume continues one)."),
+        click.option("--overwrite", is_flag=True, default=None, help="Replace an earlier run in --out (else refused)."),
     ]
     for option in reversed(options):
         func = option(func)
