@@ -74,7 +74,8 @@ def _numpy_flags() -> set[str] | None:
     return {ours for theirs, ours in _NUMPY_NAMES.items() if found.get(theirs)}
 
 
-def _cpuinfo_flags(cpuinfo: str) -> set[str]:
+def cpuinfo_flags(cpuinfo: str) -> set[str]:
+    """The flags of interest in /proc/cpuinfo text (x86 ``flags``, arm64 ``Features``)."""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
@@ -88,7 +89,7 @@ def detect(cpuinfo_path: str | Path = "/proc/cpuinfo", machine: str | None = Non
         text = Path(cpuinfo_path).read_text(errors="replace")
     except OSError:
         text = ""
-    return features_from(_numpy_flags(), _cpuinfo_flags(text), machine or platform.machine())
+    return features_from(_numpy_flags(), cpuinfo_flags(text), machine or platform.machine())
 
 
 def features_from(numpy_flags: set[str] | None, cpuinfo_flags: set[str], machine: str) -> CpuFeatures:
