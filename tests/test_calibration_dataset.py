@@ -71,6 +71,15 @@ def test_cache_is_reused_when_nothing_changed(folder: Path, tmp_path: Path) -> N
     assert len(list(cache.glob("calib-*.npz"))) == 1
 
 
+def test_corrupt_cache_file_is_rebuilt(folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    built = load_set(folder, SPEC, count=6, seed=0, cache_dir=cache)
+    path = next(cache.glob("calib-*.npz"))
+    path.write_bytes(b"PK\x03\x04 not really a zip archive")   # what a cut-off copy leaves
+    rebuilt = load_set(folder, SPEC, count=6, seed=0, cache_dir=cache)
+    assert not rebuilt.cache_hit and np.array_equal(rebuilt.images, built.images)
+
+
 def test_cache_is_capped_least_recently_used_first(folder: Path, tmp_path: Path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     first = load_set(folder, SPEC, count=6, seed=0, cache_dir=cache)

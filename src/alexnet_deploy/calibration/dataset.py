@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -220,8 +221,8 @@ def _read_cache(path: Path, root: Path, classes: Sequence[str], key: str,
                                   files=tuple(str(f) for f in npz["files"]), classes=tuple(classes), root=str(root),
                                   cache_key=key, cache_hit=True, cache_path=str(path),
                                   skipped=tuple(str(f) for f in npz["skipped"]))
-    except (OSError, KeyError, ValueError) as exc:
-        # A truncated or foreign cache is not an error: it is rebuilt.
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # A truncated, corrupt or foreign cache is not an error: it is rebuilt.
         log.warning("ignoring unreadable calibration cache %s (%s)", path, exc)
         return None
 
