@@ -169,6 +169,14 @@ def test_max_drop_needs_held_out_images(setup) -> None:
         calibrate_bundle(bundle, calib_dir=images, num_images=1000, max_drop=1.0)
 
 
+def test_int8_that_cannot_be_measured_is_refused_and_nothing_is_written(setup) -> None:
+    bundle, images = setup
+    before = sorted(p.name for p in bundle.iterdir())
+    with pytest.raises(CalibrationError, match=r"accuracy cannot be measured.*--val DIR"):
+        calibrate_bundle(bundle, calib_dir=images, num_images=1000)
+    assert sorted(p.name for p in bundle.iterdir()) == before and read_manifest(bundle).artifact("int8") is None
+
+
 def test_bundle_without_fp32_model_is_refused(setup, tmp_path: Path) -> None:
     bundle, images = setup
     manifest = read_manifest(bundle)

@@ -101,13 +101,17 @@ def test_int8_runs_calibration_after_the_fp32_bundle(torchvision_state_dict: Pat
     from conftest import write_image_folder
 
     images = write_image_folder(tmp_path / "calib", classes=3, per_class=4, size=64)
+    held_out = write_image_folder(tmp_path / "val", classes=3, per_class=2, size=64, seed=1)
     out = tmp_path / "bundle"
     result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
-                 "--image-size", "64", "--no-simplify", "--verify-count", "4", "--int8", "--calib", str(images))
+                 "--image-size", "64", "--no-simplify", "--verify-count", "4", "--int8", "--calib", str(images),
+                 "--verify-data", str(held_out))
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert {a["precision"] for a in manifest["artifacts"] if a["kind"] == "onnx"} == {"fp32", "int8"}
-    assert manifest["parity"]["source"] == "calib"
+    # The int8 accuracy was measured on --verify-data, never on the calibration images.
+    assert manifest["calibration"]["measured"] and manifest["calibration"]["num_images"] == 12
+    assert manifest["parity"]["source"] == "verify-data"
     if manifest["export"]["engines"]["status"] == "skipped":
         assert manifest["export"]["engines"]["command"].endswith(" --int8")
 

@@ -23,20 +23,24 @@ from alexnet_deploy.deploy.verify import INT8_REFERENCE_FILE, REFERENCE_FILE
 log = logging.getLogger(__name__)
 
 
-def write_int8_reference(bundle: Path, manifest: Manifest, int8: Artifact) -> Artifact | None:
-    """Write ``reference.int8.npz`` for ``int8`` and return its manifest entry (None when the
-    bundle has no ``reference.npz`` golden inputs to run)."""
+def int8_reference_logits(bundle: Path, manifest: Manifest, model: Path) -> np.ndarray | None:
+    """The Q/DQ ``model``'s own logits on the bundle's golden inputs (None when the bundle has no
+    ``reference.npz`` to take them from)."""
     reference = next((a for a in manifest.artifacts if a.kind == "npz" and a.file == REFERENCE_FILE), None)
     if reference is None:
         log.warning("%s has no %s: no int8 golden vectors written; re-export to get them", bundle, REFERENCE_FILE)
         return None
     with np.load(verify_artifact(bundle, reference), allow_pickle=False) as data:
         inputs = data["inputs"].astype(np.float32)
-    model = verify_artifact(bundle, int8)
-    logits = run_batches(semantic_session(model), inputs, batch_size=max(1, manifest.max_batch))
+    return run_batches(semantic_session(model), inputs, batch_size=max(1, manifest.max_batch)).astype(np.float32)
+
+
+def write_int8_reference(bundle: Path, logits: np.ndarray, int8: Artifact) -> Artifact:
+    """Write ``reference.int8.npz`` (the logits and the sha256 of the model they belong to) and
+    return its manifest entry."""
     with atomic_path(bundle / INT8_REFERENCE_FILE) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, logits=logits.astype(np.float32), model_sha256=np.array(int8.sha256))
+            np.savez(fh, logits=logits, model_sha256=np.array(int8.sha256))
     return make_artifact(bundle, INT8_REFERENCE_FILE, "npz", "int8",
                          {"oracle": "onnxruntime, graph optimizations off (Q/DQ as float ops)",
-                          "model": int8.file, "model_sha256": int8.sha256, "n": len(inputs)})
+                          "model": int8.file, "model_sha256": int8.sha256, "n": len(logits)})

@@ -75,29 +75,49 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
                                lambda: _evaluation(request, manifest, calib, fp32_path, progress))
     histograms = _timed(timings, "histograms", lambda: histogram.collect(
         fp32_path, calib.images, request.batch_size, _stage(progress, "activations")))
-    results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation, progress,
-                                                             timings)
+    staged = request.bundle / f".{INT8_FILE}.staged"
+    try:
+        results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation,
+                                                                 progress, timings, staged)
+        report = _report(request, calib, evaluation, notes, timings, started, results, chosen, kept, ranked,
+                         int8_acc, met, staged)
+        oracle = golden.int8_reference_logits(request.bundle, manifest, staged) if met is not False else None
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    if met is False:
+        _write_reports(request.bundle, report, report_path)
+        raise BudgetNotMet(f"int8 missed {request.budget.describe()} even with {len(kept)} layer(s) kept in float: "
+                           f"best reached top-1 drop {report.drop:.2f} points, agreement {report.int8.agreement:.2f} "
+                           f"% (see {REPORT_NAME}); relax the budget or use more/better calibration images", report)
+    # Everything was computed first, so only renames and small writes remain: the model, its golden
+    # vectors, the manifest that hashes both, then the report (the bundle's copy, and --report's).
+    os.replace(staged, request.bundle / INT8_FILE)
+    _update_manifest(request, calib, report, histograms_summary(chosen.thresholds), oracle)
+    _write_reports(request.bundle, report, report_path)
+    return report
+
+
+def _write_reports(bundle: Path, report: CalibrationReport, report_path: str | os.PathLike | None) -> None:
+    # The bundle always keeps its own copy, which the manifest references; --report adds another.
+    write_report(bundle / REPORT_NAME, report)
+    if report_path:
+        write_report(report_path, report)
+
+
+def _report(request: _Request, calib, evaluation, notes, timings, started, results, chosen, kept, ranked, int8_acc,
+            met, staged: Path) -> CalibrationReport:
     timings["total"] = round(time.perf_counter() - started, 3)
     timings["calibration_seconds"] = round(timings["calibration_images"] + timings["histograms"] + chosen.seconds, 3)
-    report = CalibrationReport(
+    return CalibrationReport(
         bundle=str(request.bundle), model_file=INT8_FILE if met is not False else None,
         method_requested=request.method, method=chosen.method, num_images=len(calib), seed=request.seed,
         random=calib.random, cache_key=calib.cache_key, cache_hit=calib.cache_hit,
         fp32=evaluation.fp32_accuracy if evaluation else None, int8=int8_acc, max_drop=request.budget.max_drop,
         min_agreement=request.budget.min_agreement,
         budget_met=met, methods=tuple(results), sensitivity=tuple(ranked), kept_float=kept, skipped=calib.skipped,
-        int8_kernels=_kernels(request.bundle / INT8_FILE) if met is not False else {}, timings=timings,
+        int8_kernels=_kernels(staged) if met is not False else {}, timings=timings,
         notes=tuple(notes))
-    # The bundle always keeps its own copy, which the manifest references; --report adds another.
-    write_report(request.bundle / REPORT_NAME, report)
-    if report_path:
-        write_report(report_path, report)
-    if met is False:
-        raise BudgetNotMet(f"int8 missed {request.budget.describe()} even with {len(kept)} layer(s) kept in float: "
-                           f"best reached top-1 drop {report.drop:.2f} points, agreement {report.int8.agreement:.2f} "
-                           f"% (see {REPORT_NAME}); relax the budget or use more/better calibration images", report)
-    _update_manifest(request, calib, report, histograms_summary(chosen.thresholds))
-    return report
 
 
 def _validate(bundle_dir, calib_dir, num_images, method, batch_size, target: budget.Budget, val_dir, seed,
@@ -174,9 +194,15 @@ def _evaluation(request: _Request, manifest: Manifest, calib: dataset.Calibratio
 
 
 def _no_evaluation(request: _Request, note: str) -> tuple[None, list[str]]:
+    """Random calibration is unmeasurable by nature (and stamped so); real calibration without
+    held-out images would ship an int8 model nobody measured, so it is refused."""
     if request.budget.active:
         raise CalibrationError(f"{request.budget.describe()} needs labelled held-out images ({note}); pass --val DIR or a --calib "
                                "folder with more images than --num-images")
+    if request.calib_dir is not None:
+        raise CalibrationError(f"the int8 model's accuracy cannot be measured: {note}. Pass --val DIR (labelled "
+                               f"held-out images; `export` passes --verify-data) or a --calib folder with more "
+                               f"images than --num-images ({request.num_images})")
     log.warning(note)
     return None, [note]
 
@@ -213,9 +239,9 @@ def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, eva
 
 
 def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progress: Progress | None,
-              timings: dict[str, float]):
-    """Try the methods, keep the best, apply the budget; write model.int8.onnx unless the budget
-    failed. Returns (results, chosen, kept float, sensitivity ranking, int8 accuracy, met)."""
+              timings: dict[str, float], staged: Path):
+    """Try the methods, keep the best, apply the budget; write the model to ``staged`` unless the
+    budget failed. Returns (results, chosen, kept float, sensitivity ranking, int8 accuracy, met)."""
     with tempfile.TemporaryDirectory(prefix="alexnet-deploy-calib.") as tmp:
         work = Path(tmp)
         results = _try_methods(request, fp32_path, work, histograms, evaluation, progress)
@@ -223,7 +249,7 @@ def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progre
         final, kept, ranked, int8_acc, met = _apply_budget(request, fp32_path, work, chosen, evaluation, progress,
                                                            timings)
         if met is not False:
-            atomic_write_bytes(request.bundle / INT8_FILE, final.read_bytes())
+            atomic_write_bytes(staged, final.read_bytes())
     return results, chosen, kept, ranked, int8_acc, met
 
 
@@ -282,7 +308,7 @@ def _versions() -> dict[str, str]:
 
 
 def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: CalibrationReport,
-                     scales: dict) -> None:
+                     scales: dict, oracle: np.ndarray | None) -> None:
     built_with = {"tool": "alexnet-deploy calibrate", "method": report.method, "format": "QDQ int8 symmetric",
                   "per_channel_weights": True, "weight_bits": request.weight_bits, "quantize_bias": False,
                   "scales": scales,
@@ -303,7 +329,6 @@ def _update_manifest(request: _Request, calib: dataset.CalibrationSet, report: C
     manifest = read_manifest(request.bundle)
     artifact = make_artifact(request.bundle, INT8_FILE, "onnx", "int8", built_with)
     manifest = manifest.with_artifact(artifact)
-    oracle = golden.write_int8_reference(request.bundle, manifest, artifact)
     if oracle is not None:
-        manifest = manifest.with_artifact(oracle)
+        manifest = manifest.with_artifact(golden.write_int8_reference(request.bundle, oracle, artifact))
     write_manifest(request.bundle, manifest.replace(calibration=calibration))
