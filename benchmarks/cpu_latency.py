@@ -1,4 +1,4 @@
-"""CPU latency of AlexNet-2012 at 227 px against this machine's memory-bandwidth floor (issue 7).
+"""CPU latency of AlexNet-2012 at 227 px against this machine's memory-bandwidth floor.
 
 One run, side by side on the same machine:
 
@@ -14,10 +14,12 @@ One run, side by side on the same machine:
    checkpoint, top-1 on real CIFAR-10 images.
 
 Extra modes: ``--int8-study`` compares Q/DQ configurations (what stays float, per-channel,
-first conv), ``--ort-tuning`` measures SessionOptions, ``--profile`` prints ORT's per-op profile.
+first conv), ``--ort-tuning`` measures SessionOptions, ``--profile`` prints ORT's per-op profile,
+``--weight-bits`` times the portable int8 model (7-bit weights) against 8-bit weights.
 
     .venv/bin/python benchmarks/cpu_latency.py                       # the table
     .venv/bin/python benchmarks/cpu_latency.py --int8-study --ort-tuning --profile
+    .venv/bin/python benchmarks/cpu_latency.py --skip-table --weight-bits
 """
 
 from __future__ import annotations
@@ -173,6 +175,9 @@ class Int8Config:
     float_first_conv: bool = False  # keep conv1 float
     float_last_fc: bool = False     # keep the classifier's last Gemm float
     lrn: str = "conv"               # LRN formulation of the fp32 model it quantizes
+    # 7: weights on [-64, 64], exact on every CPU's int8 kernels (what the project ships);
+    # 8: full range, which x86 CPUs without VNNI saturate.
+    weight_bits: int = 7
 
 
 # Adopted from the study (trained CIFAR-10 checkpoint): LRN and the 4096x10 logits layer stay float.
@@ -221,6 +226,7 @@ def quantize(fp32_path: Path, out: Path, calib: np.ndarray, config: Int8Config) 
     quantize_static(str(fp32_path), str(out), _Reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=config.per_channel,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                    reduce_range=config.weight_bits == 7,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     return out
 
@@ -495,6 +501,42 @@ def _study_latency(args, paths: dict[str, Path]) -> list[dict]:
              "min_ms": 1e3 * float(np.min(t))} for key, t in times.items()]
 
 
+def weight_bits_study(args, source: Source, work: Path) -> list[dict]:
+    """Latency of the portable int8 model (7-bit weights) against the 8-bit one at 227 px, batch 1
+    and 32, ORT and OpenVINO, timed round-robin in one run, plus how often their top-1 agree."""
+    import dataclasses
+
+    import onnx
+
+    spec = spec_at(source, IMAGE_SIZE)
+    calib = sample_images(args.data, spec, args.calib_images, offset=0).inputs
+    folder = work / "weight-bits"
+    folder.mkdir(parents=True, exist_ok=True)
+    native = export_native(source.model, folder / "native.onnx", IMAGE_SIZE)
+    onnx.save(rewrite_lrn(onnx.load(str(native)), "conv"), str(folder / "conv.onnx"))
+    paths = {bits: quantize(folder / "conv.onnx", folder / f"int8-w{bits}.onnx", calib,
+                            dataclasses.replace(ADOPTED_INT8, weight_bits=bits)) for bits in (8, 7)}
+    rows = []
+    for batch_size, iters in ((1, args.iters), (32, args.iters32)):
+        runners = [ort_session_runner(path, f"ort int8 {bits}-bit weights", None, args.threads, "int8", "conv")
+                   for bits, path in paths.items()]
+        if not args.no_ov:
+            runners += [ov_raw_runner(path, f"ov int8 {bits}-bit weights", "int8", "conv", batch_size, args.threads)
+                        for bits, path in paths.items()]
+        batch = np.zeros((batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32) + 0.5
+        for key, t in time_round_robin(runners, batch, iters).items():
+            p50 = float(np.median(t))
+            rows.append({"batch": batch_size, "row": key.split("|")[0], "p50_ms": 1e3 * p50,
+                         "img_s": batch_size / p50})
+            print("weight bits", rows[-1])
+    evalset = sample_images(args.data, spec, args.eval_images, offset=args.calib_images)
+    top1 = {bits: logits_of(ort_session_runner(path, "", None, args.threads, "int8", "conv"),
+                            evalset.inputs).argmax(1) for bits, path in paths.items()}
+    rows.append({"top1_agreement_7_vs_8_bit": float(np.mean(top1[7] == top1[8])), "n_images": len(evalset.inputs)})
+    print("weight bits", rows[-1])
+    return rows
+
+
 # ---------------------------------------------------------------------------- ORT session tuning
 def _ort_variants(ort) -> dict[str, Callable | None]:
     """name -> function(threads) returning SessionOptions: the project's defaults with one change."""
@@ -740,6 +782,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip-table", action="store_true", help="only the extra studies")
     parser.add_argument("--int8-study", action="store_true", help="compare Q/DQ configurations")
     parser.add_argument("--ort-tuning", action="store_true", help="measure ORT SessionOptions")
+    parser.add_argument("--weight-bits", action="store_true",
+                        help="latency of 7-bit (portable) vs 8-bit int8 weights, ORT and OpenVINO")
     parser.add_argument("--profile", action="store_true", help="per-op profiles at batch 1: ORT (conv LRN) and OpenVINO (native LRN), int8 and fp32")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     return parser.parse_args(argv)
@@ -761,6 +805,8 @@ def main(argv=None) -> int:
             results["int8_study"] = int8_study(args, source, work / "study")
         if args.ort_tuning:
             results["ort_tuning"] = ort_tuning(args, source, work)
+        if args.weight_bits:
+            results["weight_bits"] = weight_bits_study(args, source, work)
         if args.profile:
             _existing_or_new_bundles(args, source, work)
             # fp32 too: where ORT fp32 loses to OpenVINO fp32 (issue 7's unmet target) shows per op.

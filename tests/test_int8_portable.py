@@ -10,6 +10,7 @@ AVX-512, no VNNI): ONNX Runtime and OpenVINO then take their AVX2 int8 code path
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,47 @@ def test_stale_int8_golden_vectors_fail(int8_bundle: Path, tmp_path: Path) -> No
 
 # --------------------------------------------------------------------------- a real AVX2-only CPU
 
+@pytest.fixture(scope="module")
+def w8_bundle(int8_bundle: Path, tmp_path_factory) -> Path:
+    """The same model calibrated with full 8-bit weights (what TensorRT-only bundles may use)."""
+    from alexnet_deploy.calibration import calibrate_bundle
+
+    w8 = runtime_bundle.linked_copy(int8_bundle, tmp_path_factory.mktemp("w8") / "bundle")
+    for name in ("model.int8.onnx", INT8_REFERENCE_FILE):
+        (w8 / name).unlink()   # hard links to the shared bundle: replace, never write through
+    calibrate_bundle(w8, calib_dir=runtime_bundle.images(tmp_path_factory), num_images=12, method="minmax",
+                     batch_size=4, weight_bits=8)
+    return w8
+
+
+_OV_ORACLE = """
+import json, sys
+from alexnet_deploy.deploy.backend import load
+from alexnet_deploy.deploy.bundle import read_manifest
+from alexnet_deploy.deploy.verify import _judge_int8, load_reference
+out = {}
+for bundle in sys.argv[1:]:
+    manifest = read_manifest(bundle)
+    reference = load_reference(bundle, manifest)
+    with load(bundle, backend="ov", precision="int8", allow_unsafe_int8=True) as model:
+        logits = model.infer_all(reference.inputs)
+    out[bundle] = _judge_int8(reference, logits, "ov", model.provider, manifest.artifact("int8").sha256)[0].status
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_openvino_avx2_kernels_7_bit_weights_match_the_oracle_8_bit_do_not(int8_bundle: Path, w8_bundle: Path) -> None:
+    """oneDNN's ONEDNN_MAX_CPU_ISA=AVX2 makes OpenVINO take its AVX2 int8 kernels on any x86 CPU."""
+    pytest.importorskip("openvino")
+    if not detect().is_x86:
+        pytest.skip("the AVX2 kernels exist on x86 only")
+    run = subprocess.run([sys.executable, "-c", _OV_ORACLE, str(int8_bundle), str(w8_bundle)], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    status = json.loads(run.stdout.strip().splitlines()[-1])
+    assert status == {str(int8_bundle): "pass", str(w8_bundle): "fail"}
+
 _ON_HASWELL = """
 import json, sys
 from alexnet_deploy.deploy.backend import load
@@ -159,16 +201,9 @@ print(json.dumps(out))
 @pytest.mark.slow
 @pytest.mark.skipif(QEMU is None, reason="needs QEMU's user-mode emulator (apt install qemu-user-static) to "
                                          "run an AVX2-only CPU")
-def test_on_an_emulated_avx2_cpu_7_bit_weights_pass_and_8_bit_are_refused_and_fail(int8_bundle: Path, tmp_path: Path,
-                                                                                    tmp_path_factory) -> None:
-    from alexnet_deploy.calibration import calibrate_bundle
-
-    w8 = runtime_bundle.linked_copy(int8_bundle, tmp_path / "w8")
-    for name in ("model.int8.onnx", INT8_REFERENCE_FILE):
-        (w8 / name).unlink()
-    calibrate_bundle(w8, calib_dir=runtime_bundle.images(tmp_path_factory), num_images=12, method="minmax", batch_size=4,
-                     weight_bits=8)
-    run = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", _ON_HASWELL, str(int8_bundle), str(w8)],
+def test_on_an_emulated_avx2_cpu_7_bit_weights_pass_and_8_bit_are_refused_and_fail(int8_bundle: Path,
+                                                                                    w8_bundle: Path) -> None:
+    run = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", _ON_HASWELL, str(int8_bundle), str(w8_bundle)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
