@@ -124,7 +124,7 @@ def export_native(model, path: Path, size: int) -> Path:
 
 
 def to_fp16(fp32_path: Path, out: Path) -> Path:
-    """fp16 weights and activations with fp32 I/O (ORT's converter, as DESIGN §5)."""
+    """fp16 weights and activations with fp32 I/O (ORT's converter, as the project's fp16 export)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -809,7 +809,7 @@ def main(argv=None) -> int:
             results["weight_bits"] = weight_bits_study(args, source, work)
         if args.profile:
             _existing_or_new_bundles(args, source, work)
-            # fp32 too: where ORT fp32 loses to OpenVINO fp32 (issue 7's unmet target) shows per op.
+            # fp32 too: where ORT fp32 loses to OpenVINO fp32 (a target not yet met) shows per op.
             results["profile"] = {f"ort_{p}": ort_profile(args, work, p) for p in ("int8", "fp32")}
             if not args.no_ov:
                 results["profile"].update({f"ov_{p}": ov_profile(args, work, p) for p in ("int8", "fp32")})

@@ -1,10 +1,11 @@
 """fp32 ONNX + activation thresholds -> TensorRT-compatible Q/DQ ONNX, and the checker for it.
 
-The Q/DQ graph is written by ONNX Runtime's ``quantize_static`` with the settings TensorRT needs
-(DESIGN §5, reference/tensorrt.md §2.3): int8 activations and weights, symmetric (zero point 0),
-per-channel weights on axis 0, per-tensor activations, biases left in float. The activation ranges
-are ours (calibration/histogram.py); they are handed to ORT through its public calibration-cache
-file (``calibration_cache_path``), so ORT's own calibrators never run.
+The Q/DQ graph is written by ONNX Runtime's ``quantize_static`` with the settings TensorRT's
+explicit quantization accepts: int8 activations and weights, symmetric (zero point 0), per-channel
+weights on axis 0, per-tensor activations, biases left in float. Weights use 7 bits by default so
+that no CPU's int8 kernels saturate (docs/int8.md). The activation ranges are ours
+(calibration/histogram.py); they are handed to ORT through its public calibration-cache file
+(``calibration_cache_path``), so ORT's own calibrators never run.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 AUTO_ORDER: tuple[str, ...] = ("trt", "ort-cuda", "ort-cpu")
 
 # Max |logit - reference| we accept per precision, as a fraction of the reference's logit range.
-# Elementwise 1e-5 fails every sane fp16 build (anchors pain point #11); task-level agreement is
+# Elementwise 1e-5 fails every sane fp16 build (a common complaint about other tools); task-level agreement is
 # what bench reports, this is only the conformance test's sanity bound. int8 is measured against the
 # Q/DQ model's own semantics (reference.int8.npz), not against fp32.
 TOLERANCE: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.05}
