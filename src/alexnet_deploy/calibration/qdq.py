@@ -36,11 +36,18 @@ INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", 
 def _import_quantization():
     try:
         import onnx
+        import onnxruntime
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     except ImportError as exc:
         raise MissingDependency("INT8 calibration needs onnx and onnxruntime: "
                                 "pip install 'alexnet-deploy[ort]'") from exc
+    try:
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+    except ImportError as exc:
+        # onnxruntime 1.23.2, the last release for Python 3.10, has no calibration-cache writer.
+        raise MissingDependency(f"INT8 calibration hands its activation ranges to onnxruntime through "
+                                f"quantization.calibrate.save_tensors_data, which onnxruntime "
+                                f"{onnxruntime.__version__} lacks; use a newer onnxruntime (Python >= 3.11)") from exc
     return onnx, CalibrationMethod, QuantFormat, QuantType, quantize_static, TensorData, TensorsData, save_tensors_data
 
 
