@@ -158,7 +158,11 @@ def test_int8_keeps_lrn_float_and_matches_native_int8(net, native_path, real_ima
     scale = np.abs(reference).max()
     assert np.abs(conv_out - native_out).max() <= 0.05 * scale  # same quantization, different LRN form
     assert np.abs(conv_out - reference).max() <= 0.25 * scale
-    assert np.mean(conv_out.argmax(1) == reference.argmax(1)) >= 0.75
+    # Top-1 judged against what the Q/DQ model means (a random-init net's int8 rounding is no target).
+    from alexnet_deploy.deploy.onnxrt import run_batches, semantic_session
+
+    meant = run_batches(semantic_session(int8_conv), real_images)
+    assert np.mean(conv_out.argmax(1) == meant.argmax(1)) >= 0.95
 
 
 # ---------------------------------------------------------------------------- the graph itself
