@@ -200,8 +200,8 @@ def _print_notes(console, report) -> None:
                       f"{escape(shown)}")
     system = report.system
     features = system.get("cpu_features") or {}
-    console.print(f"system: {system.get('cpu')} ({system.get('cpu_usable')} usable cores), "
-                  f"GPU: {system.get('gpu') or system.get('gpu_reason')}")
+    console.print(escape(f"system: {system.get('cpu')} ({system.get('cpu_usable')} usable cores), "
+                         f"GPU: {system.get('gpu') or system.get('gpu_reason')}"))
     console.print(f"CPU ISA: {' '.join(features.get('isa', [])) or 'unknown'}; int8 dot product (VNNI/AMX/ARM): "
                   f"{'yes' if features.get('int8_dot_product') else 'no'}")
 
