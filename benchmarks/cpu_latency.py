@@ -7,7 +7,7 @@ One run, side by side on the same machine:
    AlexNet memory-bound: every weight is read once per image);
 3. batch-1 and batch-32 latency of torch eager fp32, ONNX Runtime "before" (native LRN, plain
    SessionOptions), and every project backend x precision (ort and ov; fp32 / fp16 / int8) with
-   the native LRN node and with the conv formulation (alexnet_deploy.export.lrn), each with its
+   the native LRN node and with the conv formulation (alexnet_deploy.deploy.graph_lrn), each with its
    ratio to torch eager and to the floor; timed round-robin so load from other processes hits
    every row alike;
 4. accuracy of every row against torch fp32 (top-1 agreement, max |diff|) and, with a trained
@@ -40,7 +40,7 @@ import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, write_manifest
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess_threaded
-from alexnet_deploy.export.lrn import rewrite_lrn, rewritten_node_names
+from alexnet_deploy.deploy.graph_lrn import rewrite_lrn, rewritten_node_names
 
 log = logging.getLogger("cpu_latency")
 ROOT = Path(__file__).resolve().parents[1]

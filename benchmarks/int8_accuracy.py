@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         print(f"checkpoint {args.checkpoint} not found; train one with `alexnet-deploy train ... --out DIR`",
               file=sys.stderr)
         return 1
-    from alexnet_deploy.export.onnx import export_bundle
+    from alexnet_deploy.export.pipeline import export_bundle
 
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["ALEXNET_DEPLOY_CACHE"] = str(args.out / "cache")   # our own cache, safe to clear

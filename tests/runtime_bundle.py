@@ -43,7 +43,7 @@ def images(factory) -> Path:
 def bundle(factory) -> Path:
     """fp32 + fp16 bundle (no int8, no engines), exported from a checkpoint beside it."""
     if "bundle" not in _CACHE:
-        from alexnet_deploy.export.onnx import export_bundle
+        from alexnet_deploy.export.pipeline import export_bundle
 
         root = factory.mktemp("runtime-bundle")
         checkpoint = _checkpoint(root)

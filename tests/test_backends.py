@@ -187,7 +187,7 @@ def trt_bundle(bundle, tmp_path_factory):
 def _build(bundle_dir, precision: str, **options):
     """Build (or reuse) a stand-in engine the way `build-engine` does: cached, in a child process
     (the stand_ins fixture put the stand-in modules on the child's PYTHONPATH)."""
-    from alexnet_deploy.deploy.engines import BuildOptions, ensure_engine
+    from alexnet_deploy.deploy.trt.engines import BuildOptions, ensure_engine
 
     return ensure_engine(bundle_dir, precision, BuildOptions(**options))
 

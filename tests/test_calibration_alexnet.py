@@ -20,7 +20,7 @@ def test_alexnet2012_export_then_calibrate(tmp_path: Path, monkeypatch) -> None:
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
     from alexnet_deploy.deploy.preprocess import PreprocessSpec
-    from alexnet_deploy.export.onnx import export_bundle
+    from alexnet_deploy.export.pipeline import export_bundle
 
     monkeypatch.setenv("ALEXNET_DEPLOY_CACHE", str(tmp_path / "cache"))
     images = write_image_folder(tmp_path / "images", classes=3, per_class=16, size=64)

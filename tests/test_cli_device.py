@@ -127,7 +127,7 @@ def test_device_commands_do_not_import_torch(bundle: Path, tmp_path: Path) -> No
     code = ("import sys; from click.testing import CliRunner; from alexnet_deploy.cli import cli; "
             f"r = CliRunner().invoke(cli, ['verify', {str(bundle)!r}, '--backend', 'ort'], obj={{}}); "
             f"r2 = CliRunner().invoke(cli, ['pack', {str(bundle)!r}, '-o', {str(tmp_path / 'x.tar.gz')!r}], obj={{}}); "
-            "import alexnet_deploy.deploy.engines, alexnet_deploy.deploy.verify, alexnet_deploy.export.triton; "
+            "import alexnet_deploy.deploy.trt.engines, alexnet_deploy.deploy.verify, alexnet_deploy.export.triton; "
             "print(json.dumps([r.exit_code, r2.exit_code, 'torch' in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, False], proc.stderr

@@ -61,7 +61,7 @@ def test_int8_configurations_keep_the_right_nodes_float(bench, tmp_path):
     """Each study configuration really changes what is quantized (so the study compares something)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("torch")
-    from alexnet_deploy.export.lrn import rewrite_lrn
+    from alexnet_deploy.deploy.graph_lrn import rewrite_lrn
     from lrn_helpers import export_native, lrn_net
 
     native = export_native(lrn_net(), tmp_path / "native.onnx")

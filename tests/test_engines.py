@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_deploy.deploy import engines
+from alexnet_deploy.deploy.trt import engines
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.engines import (MIN_WORKSPACE, Attempt, BuildOptions, DeviceInfo, default_workspace,
+from alexnet_deploy.deploy.trt.engines import (MIN_WORKSPACE, Attempt, BuildOptions, DeviceInfo, default_workspace,
                                            engine_key, ensure_engine, find_cached, is_oom, probe_device, retry_plan)
 from alexnet_deploy.errors import BackendUnavailable, BundleError, ExportError
 from device_helpers import tiny_bundle

@@ -17,7 +17,8 @@ from alexnet_deploy.deploy.bundle import read_manifest, verify_artifacts
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess
 from alexnet_deploy.errors import ExportError
 from alexnet_deploy.export import parity
-from alexnet_deploy.export.onnx import export_bundle, ort_logits
+from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+from alexnet_deploy.export.pipeline import export_bundle
 from conftest import scratch_dir, write_image_folder
 
 torch = pytest.importorskip("torch")
@@ -237,7 +238,7 @@ def test_parity_on_real_cifar_images(trained: dict, cifar_dir: Path, tmp_path: P
 
 def test_reexport_forgets_the_old_bundle_only_when_asked(tmp_path: Path) -> None:
     from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, write_manifest
-    from alexnet_deploy.export.onnx import forget_old_bundle, prepare_out_dir
+    from alexnet_deploy.export.pipeline import forget_old_bundle, prepare_out_dir
 
     out = tmp_path / "bundle"
     (out / "engines").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""TensorRT engine builder (export/tensorrt.py) against the STAND-IN tensorrt module.
+"""TensorRT engine builder (deploy/trt/builder.py) against the STAND-IN tensorrt module.
 
 The stand-in (tests/stubs/tensorrt, written from ../shared/reference/tensorrt.md) reproduces the
 8.6, 10.x and 11.x API surfaces and their documented rules. These tests prove that the builder
@@ -23,7 +23,7 @@ from alexnet_deploy.deploy.bundle import (Manifest, TensorSpec, make_artifact, r
                                           write_manifest)
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import BackendUnavailable, ExportError
-from alexnet_deploy.export import tensorrt as builder
+from alexnet_deploy.deploy.trt import builder
 from stubs.fake_env import stand_ins  # noqa: F401 - pytest fixture
 
 VERSIONS = ("8.6.1", "10.3.0", "11.1.0")
@@ -69,7 +69,7 @@ def make_bundle(root: Path, fp16: bool = True, int8_zero: int | None = None, bad
     import onnx
 
     from alexnet_deploy.export import fp16 as fp16_mod
-    from alexnet_deploy.export.onnx import ort_logits
+    from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
 
     root.mkdir(parents=True, exist_ok=True)
     onnx.save(_tiny_model(bad_op=bad_op), str(root / "model.onnx"))
@@ -239,7 +239,7 @@ def test_plan_runs_in_the_stand_in_runtime(stand_ins, bundle: Path) -> None:
     trt = stand_ins(trt_version="10.3.0")
     from cuda.bindings import runtime as cudart
 
-    from alexnet_deploy.export.onnx import ort_logits
+    from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
 
     info = builder.build_engine(bundle, "fp32", max_batch=8)
     engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(info.path.read_bytes())
@@ -265,7 +265,7 @@ def test_plan_runs_in_the_stand_in_runtime(stand_ins, bundle: Path) -> None:
 
 
 def test_a_built_engine_becomes_a_checked_artifact(stand_ins, bundle: Path) -> None:
-    from alexnet_deploy.deploy.engines import BuildOptions, ensure_engine
+    from alexnet_deploy.deploy.trt.engines import BuildOptions, ensure_engine
 
     stand_ins(trt_version="10.3.0")
     result = ensure_engine(bundle, "int8", BuildOptions())   # what export and build-engine call
@@ -279,7 +279,7 @@ def test_a_built_engine_becomes_a_checked_artifact(stand_ins, bundle: Path) -> N
 def test_without_tensorrt_says_what_to_install() -> None:
     """This machine has no TensorRT at all (no stand-in on the path here)."""
     code = ("import sys; sys.path = [p for p in sys.path if 'stubs' not in p]\n"
-            "from alexnet_deploy.export.tensorrt import tensorrt_available\n"
+            "from alexnet_deploy.deploy.trt.builder import tensorrt_available\n"
             "ok, reason = tensorrt_available(); print(ok, reason)\n"
             "assert 'torch' not in sys.modules, 'export.tensorrt must not import torch'")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -333,7 +333,7 @@ def test_tensorrt_log_goes_to_logging_and_errors_are_kept(stand_ins, bundle: Pat
     network = trt_builder.create_network(0)
     builder.parse_onnx(trt, trt.OnnxParser(network, logger), bundle / "model.onnx")
     config = trt_builder.create_builder_config()  # no optimization profile for the dynamic batch axis
-    with caplog.at_level("ERROR", logger="alexnet_deploy.export.tensorrt"):
+    with caplog.at_level("ERROR", logger="alexnet_deploy.deploy.trt.builder"):
         assert trt_builder.build_serialized_network(network, config) is None
     assert logger.errors and "no optimization profile" in logger.errors[-1]
     assert "no optimization profile" in caplog.text

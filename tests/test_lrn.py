@@ -1,4 +1,4 @@
-"""The LRN graph rewrite (export/lrn.py): same numbers as PyTorch, at every precision, on real images."""
+"""The LRN graph rewrite (deploy/graph_lrn.py): same numbers as PyTorch, at every precision, on real images."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches  # noqa: E402
 from alexnet_deploy.errors import ExportError  # noqa: E402
-from alexnet_deploy.export.lrn import (  # noqa: E402
+from alexnet_deploy.deploy.graph_lrn import (  # noqa: E402
     PREFIX, band_weights, lrn_formulation, restore_lrn, rewrite_lrn, rewritten_node_names)
 from conftest import write_image_folder  # noqa: E402
 from lrn_helpers import (  # noqa: E402
@@ -231,7 +231,7 @@ def test_rewrite_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, onnx; from alexnet_deploy.export.lrn import rewrite_lrn; "
+    code = ("import sys, onnx; from alexnet_deploy.deploy.graph_lrn import rewrite_lrn; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 
 from alexnet_deploy.deploy.backends.ov import OvBackend  # noqa: E402
 from alexnet_deploy.deploy.onnxrt import cpu_session  # noqa: E402
-from alexnet_deploy.export.lrn import rewrite_lrn, rewritten_node_names  # noqa: E402
+from alexnet_deploy.deploy.graph_lrn import rewrite_lrn, rewritten_node_names  # noqa: E402
 from conftest import write_image_folder  # noqa: E402
 from lrn_helpers import (  # noqa: E402
     export_native, images, lrn_net, quantize_int8, to_fp16, torch_logits, write_bundle)

@@ -25,7 +25,7 @@ def test_importing_the_runtime_does_not_import_torch():
         import json, sys
         import alexnet_deploy.deploy
         from alexnet_deploy.deploy import load, preprocess, PreprocessSpec
-        import alexnet_deploy.deploy.backend, alexnet_deploy.deploy.backends.ort, alexnet_deploy.deploy.backends.trt
+        import alexnet_deploy.deploy.backend, alexnet_deploy.deploy.backends.ort, alexnet_deploy.deploy.trt.backend
         import alexnet_deploy.deploy.bench, alexnet_deploy.deploy.compare, alexnet_deploy.deploy.system
         heavy = [m for m in ("torch", "torchvision", "onnxruntime", "onnx", "tensorrt", "matplotlib") if m in sys.modules]
         print(json.dumps({"heavy": heavy}))

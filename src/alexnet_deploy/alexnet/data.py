@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, one_ahead, resize_and_crop
+from alexnet_deploy.deploy.system import mem_available
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def cache_bytes(count: int, size: int) -> int:
 def ram_budget() -> int | None:
     """Bytes this process may use for decoded caches: a share of MemAvailable split between the
     processes torchrun starts on this machine (they decode at the same time). None if unknown."""
-    avail = _available_memory()
+    avail = mem_available()
     if avail is None:
         return None
     return int(RAM_FRACTION * avail) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -287,17 +288,6 @@ def _check_cache_size(count: int, size: int) -> None:
         raise DataError(f"decoding {count} images at {size} px needs {need / 2**30:.1f} GiB of RAM but the "
                         f"budget is {budget / 2**30:.1f} GiB; use --cache stream (decode per batch), "
                         "--max-per-class or a smaller --resize")
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def normalize(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

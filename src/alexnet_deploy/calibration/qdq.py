@@ -22,7 +22,7 @@ from alexnet_deploy.errors import CalibrationError, MissingDependency
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-# Name prefix of the nodes export/lrn.py's LRN rewrite adds (export.lrn.PREFIX; a string here so
+# Name prefix of the nodes deploy/graph_lrn.py's LRN rewrite adds (export.lrn.PREFIX; a string here so
 # calibration does not import export).
 LRN_REWRITE_PREFIX = "lrn_conv/"
 # 7: weights on [-64, 64], safe on every CPU; 8: full range, for TensorRT or VNNI/AMX/ARM CPUs only.

@@ -45,7 +45,7 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
     """
     from rich.markup import escape
 
-    from alexnet_deploy.deploy.engines import BuildOptions, build_engines
+    from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
 
     chosen = [p for p, on in zip(_PRECISIONS, (want_fp32, want_fp16, want_int8)) if on] or ["fp32"]
     opts = BuildOptions(max_batch=max_batch, workspace_gib=workspace_gib, dla_core=dla_core,

@@ -78,16 +78,16 @@ def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | No
 
     from rich.console import Console
 
-    from alexnet_deploy.export.onnx import DEFAULT_OPSET, export_bundle
+    from alexnet_deploy.export.onnx import DEFAULT_OPSET
+    from alexnet_deploy.export.pipeline import ExportConfig, export_bundle
 
     if int8 and calib is None:
         raise click.UsageError("--int8 needs --calib DIR")
+    config = ExportConfig(fp16=fp16, int8=int8, calib_dir=calib, max_batch=max_batch, opset=opset or DEFAULT_OPSET,
+                          verify_data=verify_data, image_size=image_size, arch=arch, num_classes=num_classes,
+                          engines=not no_engine, simplify=not no_simplify, lrn=lrn, verify_count=verify_count,
+                          weight_bits=int(weight_bits))
     started = time.perf_counter()
     with Console(stderr=True).status("exporting") as status:
-        manifest = export_bundle(checkpoint, out, fp16=fp16, int8=int8, calib_dir=calib, max_batch=max_batch,
-                                 opset=opset or DEFAULT_OPSET, verify_data=verify_data, image_size=image_size,
-                                 arch=arch, num_classes=num_classes, engines=not no_engine,
-                                 simplify=not no_simplify, lrn=lrn, verify_count=verify_count,
-                                 weight_bits=int(weight_bits),
-                                 progress=lambda message: status.update(message))
+        manifest = export_bundle(checkpoint, out, config, progress=lambda message: status.update(message))
     _summary(manifest, out, time.perf_counter() - started)

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 # name -> "module:Class". A dict, not an elif chain: adding a backend is one line here + one module.
 BACKENDS: dict[str, str] = {
-    "pt": "alexnet_deploy.deploy.backends.pt:PtBackend",
+    "pt": "alexnet_deploy.alexnet.backend:PtBackend",
     "ort": "alexnet_deploy.deploy.backends.ort:OrtBackend",
-    "trt": "alexnet_deploy.deploy.backends.trt:TrtBackend",
+    "trt": "alexnet_deploy.deploy.trt.backend:TrtBackend",
     "ov": "alexnet_deploy.deploy.backends.ov:OvBackend",
 }
 

@@ -36,7 +36,8 @@ from alexnet_deploy.deploy.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.files import atomic_write_text
 from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.system import system_facts
-from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError, MissingDependency
+from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError
 
 log = logging.getLogger(__name__)
 
@@ -485,14 +486,8 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_plots(report: BenchReport, out_dir: str | os.PathLike) -> list[Path]:
     """latency_vs_batch.png and top1_vs_latency.png (matplotlib, imported only here)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MissingDependency("--plot needs matplotlib, which the runtime does not install: pip install matplotlib"
-                                ) from exc
+    require("matplotlib", package="matplotlib", needed_for="--plot").use("Agg")  # no display on a device
+    plt = require("matplotlib.pyplot", package="matplotlib", needed_for="--plot")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in report.rows if r.status == "ok"]

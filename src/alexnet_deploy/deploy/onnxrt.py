@@ -8,17 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
-from alexnet_deploy.errors import MissingDependency
-
-_INSTALL_HINT = "pip install 'alexnet-deploy[ort]' (onnxruntime-gpu on Linux x86_64, onnxruntime elsewhere)"
+from alexnet_deploy.deploy.lazy import require
 
 
 def import_ort():
     """Import onnxruntime quietly; a missing install becomes one clear error."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingDependency(f"onnxruntime is not installed: {_INSTALL_HINT}") from exc
+    ort = require("onnxruntime", package="onnxruntime")
     # onnxruntime-gpu logs an error for every session when CUDA libraries are absent; the
     # caller reports provider problems itself, so keep only fatal messages.
     ort.set_default_logger_severity(3)
@@ -75,6 +70,12 @@ def run_batches(session, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray
     outputs = [session.run(None, {name: np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32)})[0]
                for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, 0), np.float32)
+
+
+def cpu_logits(model, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Logits of ``model`` (a path, serialized bytes or an ``onnx.ModelProto``) on ONNX Runtime's CPU provider."""
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    return run_batches(cpu_session(source), inputs, batch_size=batch_size)
 
 
 def semantic_session(model: str | os.PathLike | bytes):

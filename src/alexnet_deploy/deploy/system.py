@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.deploy.cpu import detect as detect_cpu
-from alexnet_deploy.errors import MissingDependency
+from alexnet_deploy.deploy.cuda import gpu_facts
 
 log = logging.getLogger(__name__)
 
@@ -50,51 +50,16 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def import_cudart():
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6+/13.x) or legacy ``cuda.cudart``."""
+def mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (memory the kernel can hand out without swapping), or None."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6 (JetPack 5/6 era); removed in 13.0
-        except ImportError as exc:
-            raise MissingDependency("cuda-python is not installed: pip install 'alexnet-deploy[jetson]' "
-                                    "(cuda-python matching the CUDA major version)") from exc
-    return cudart
-
-
-def cuda_device_count() -> tuple[int | None, str]:
-    """(number of CUDA GPUs, reason when 0); (None, reason) when cuda-python is not installed."""
-    try:
-        cudart = import_cudart()
-    except MissingDependency as exc:
-        return None, str(exc)
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-    except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a reason, not a crash
-        return 0, f"cudaGetDeviceCount raised {exc.__class__.__name__}: {exc}"
-    if err != cudart.cudaError_t.cudaSuccess:
-        return 0, f"no CUDA GPU ({getattr(err, 'name', err)})"
-    return int(count), "" if count else "no CUDA GPU (cudaGetDeviceCount = 0)"
-
-
-def gpu_facts() -> dict[str, Any]:
-    """GPU name, compute capability and CUDA versions via cuda-python, or why they are unknown."""
-    try:
-        cudart = import_cudart()
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess or not count:
-            return {"gpu": None, "gpu_reason": f"no CUDA GPU ({getattr(err, 'name', err)})"}
-        err, props = cudart.cudaGetDeviceProperties(0)
-        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        facts = {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}", "gpu_count": count}
-        for key, call in (("cuda_runtime", cudart.cudaRuntimeGetVersion), ("cuda_driver", cudart.cudaDriverGetVersion)):
-            err, version = call()
-            if err == cudart.cudaError_t.cudaSuccess:
-                facts[key] = f"{version // 1000}.{version % 1000 // 10}"
-        return facts
-    except Exception as exc:  # noqa: BLE001 - facts are best effort; the reason is recorded
-        return {"gpu": None, "gpu_reason": f"{exc.__class__.__name__}: {exc}"}
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 @dataclass(frozen=True)

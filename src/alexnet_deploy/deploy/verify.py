@@ -36,6 +36,7 @@ from alexnet_deploy.deploy.compare import compare_logits
 from alexnet_deploy.deploy.cpu import CpuFeatures
 from alexnet_deploy.deploy.cpu import detect as detect_cpu
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, resize_and_crop, to_chw_float
+from alexnet_deploy.deploy.lazy import optional
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)
@@ -299,9 +300,8 @@ def _model_io(path: Path) -> tuple:
         return i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:])
     except BackendUnavailable:
         pass
-    try:
-        import onnx
-    except ImportError:
+    onnx = optional("onnx")
+    if onnx is None:
         return None, (), None, ()
     graph = onnx.load(str(path)).graph
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy.files import atomic_path
+from alexnet_deploy.deploy.onnxrt import cpu_logits, cpu_session
 from alexnet_deploy.errors import MissingDependency
 from alexnet_deploy.export import parity
 
@@ -54,8 +55,6 @@ class Fp16Result:
 def activation_ranges(model, inputs: np.ndarray, batch: int = 8) -> dict[str, float]:
     """max |x| of every float tensor the graph computes (and of its input), over ``inputs``."""
     import onnx
-
-    from alexnet_deploy.deploy.onnxrt import cpu_session
 
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = inferred.graph
@@ -166,9 +165,7 @@ def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: n
     fold_cast_round_trips(fp16, {k.node for k in kept})
     with atomic_path(out_path) as tmp:
         onnx.save_model(fp16, str(tmp))
-        from alexnet_deploy.export.onnx import ort_logits
-
-        result = parity.require(fp32_logits, ort_logits(tmp, inputs), tol, f"fp16 ONNX vs fp32 ONNX ({fp32_path})")
+        result = parity.require(fp32_logits, cpu_logits(tmp, inputs), tol, f"fp16 ONNX vs fp32 ONNX ({fp32_path})")
     return Fp16Result(path=Path(out_path), kept_fp32=tuple(kept), parity=result, margin=margin)
 
 

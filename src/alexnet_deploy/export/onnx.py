@@ -1,33 +1,28 @@
-"""Checkpoint -> verified bundle: fp32 ONNX (+ fp16 ONNX, reference.npz, manifest.json, engines).
+"""PyTorch model -> verified fp32 ONNX graph (the torch side of export; the bundle is export/pipeline.py).
 
-The fp32 graph comes from ``torch.onnx.export(dynamo=True)`` at a pinned opset (torch 2.9 changed
-the default exporter; the legacy TorchScript one fails on AdaptiveAvgPool2d when the feature map
-is not 6x6). Input ``input`` (N,3,S,S) with a dynamic batch axis, output ``logits``; each LRN is
+The graph comes from ``torch.onnx.export(dynamo=True)`` at a pinned opset (torch 2.9 changed the
+default exporter; the legacy TorchScript one fails on AdaptiveAvgPool2d when the feature map is
+not 6x6). Input ``input`` (N,3,S,S) with a dynamic batch axis, output ``logits``; each LRN is
 exported as one ONNX ``LRN`` node (export/torch_lrn.py) and then, by default, rewritten into the
-banded 1x1-conv form that runs fast on every CPU runtime (export/lrn.py; ``lrn="native"`` keeps the
-node). The choice is recorded in the manifest. Every ONNX artifact is checked against PyTorch with ONNX
-Runtime on real images before the manifest is written; below the thresholds the export fails.
+banded 1x1-conv form that runs fast on every CPU runtime (deploy/graph_lrn.py; ``lrn="native"``
+keeps the node). The graph is checked (opset, names, dynamic batch, LRN count, onnx.checker) and
+its logits compared with PyTorch's on ONNX Runtime before anything is written.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
-                                          safe_path, write_manifest)
-from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock
+from alexnet_deploy.deploy.graph_lrn import FORMULATIONS as GRAPH_FORMULATIONS
+from alexnet_deploy.deploy.graph_lrn import rewrite_lrn
+from alexnet_deploy.deploy.lazy import optional
+from alexnet_deploy.deploy.onnxrt import cpu_logits
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
-from alexnet_deploy.export import inputs as vinputs
 from alexnet_deploy.export import parity
 
 log = logging.getLogger(__name__)
@@ -35,66 +30,24 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18  # what torch 2.14's dynamo exporter emits natively; 17 (TensorRT 8.6) is converted down
 MIN_OPSET = 13  # LRN-13, dynamic Reshape/Gemm; older opsets are not worth supporting
 EXPORTER = "torch.onnx.export(dynamo=True)"
-MODEL_FILE, FP16_FILE, REFERENCE_FILE = "model.onnx", "model.fp16.onnx", "reference.npz"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class ExportConfig:
-    """Export settings; field names follow the `alexnet-deploy export` flags."""
+class OnnxOptions:
+    """How the graph is exported: opset, LRN formulation, the batch axis' upper bound, onnxslim or not."""
 
-    fp16: bool = False
-    int8: bool = False
-    calib_dir: Path | None = None
-    max_batch: int = 32
     opset: int = DEFAULT_OPSET
-    verify_data: Path | None = None
-    image_size: int | None = None
-    arch: str | None = None
-    num_classes: int | None = None
-    engines: bool = True
-    simplify: bool = True
-    # "conv": the banded 1x1-conv rewrite (export/lrn.py), 1.5x (fp32) to 2.2x (int8) faster on ORT CPU
-    # than the native node with identical outputs; "native" keeps one ONNX LRN node per layer.
     lrn: str = "conv"
-    verify_count: int = 32
-    # int8 weights: 7 bits are computed exactly by every CPU's int8 kernels; 8 only by TensorRT and
-    # CPUs with VNNI/AMX/ARM dot products (deploy/cpu.py).
-    weight_bits: int = 7
-
-    def validate(self) -> None:
-        if self.max_batch < 1:
-            raise ExportError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.opset < MIN_OPSET:
-            raise ExportError(f"--opset {self.opset}: alexnet-deploy exports opset {MIN_OPSET} or newer "
-                              f"(default {DEFAULT_OPSET}; 17 for TensorRT 8.6)")
-        if self.int8 and self.calib_dir is None:
-            raise ExportError("--int8 needs --calib DIR (a folder of representative images)")
-        for flag, folder in (("--calib", self.calib_dir), ("--verify-data", self.verify_data)):
-            if folder is not None and not Path(folder).is_dir():
-                raise ExportError(f"{flag} {folder}: not a directory; expected an image folder")
-        if self.verify_count < 1:
-            raise ExportError(f"verify_count must be >= 1, got {self.verify_count}")
-        if self.image_size is not None and self.image_size < 1:
-            raise ExportError(f"--image-size must be positive, got {self.image_size}")
-        known = lrn_formulations()
-        if self.lrn not in known:
-            raise ExportError(f"--lrn {self.lrn}: unknown LRN formulation; expected one of {', '.join(known)}")
+    max_batch: int = 32
+    simplify: bool = True
 
 
 def lrn_formulations() -> tuple[str, ...]:
-    """LRN formulations this install can export: torch-side ones, plus graph rewrites (export/lrn.py)."""
+    """LRN formulations this install can export: torch-side ones, plus graph rewrites (deploy/graph_lrn.py)."""
     from alexnet_deploy.export.torch_lrn import FORMULATIONS
 
-    names = list(FORMULATIONS)
-    try:
-        from alexnet_deploy.export import lrn as graph_lrn
-
-        names += [n for n in getattr(graph_lrn, "FORMULATIONS", ()) if n not in names]
-    except ImportError:
-        pass
-    return tuple(names)
+    return tuple(dict.fromkeys([*FORMULATIONS, *GRAPH_FORMULATIONS]))
 
 
 @dataclass(frozen=True)
@@ -106,125 +59,6 @@ class OnnxExport:
     simplified: bool
     pools: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
-
-
-def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fp16: bool = False,
-                  int8: bool = False, calib_dir: str | os.PathLike | None = None, max_batch: int = 32,
-                  opset: int = DEFAULT_OPSET, verify_data: str | os.PathLike | None = None,
-                  image_size: int | None = None, arch: str | None = None, num_classes: int | None = None,
-                  engines: bool = True, simplify: bool = True, lrn: str = "conv", verify_count: int = 32,
-                  weight_bits: int = 7, progress: Progress | None = None) -> Manifest:
-    """Export ``checkpoint`` to the bundle directory ``out`` and return its manifest.
-
-    Writes model.onnx (+ model.fp16.onnx with ``fp16``), reference.npz and manifest.json; runs INT8
-    calibration with ``int8``; builds TensorRT engines when ``engines`` and TensorRT + a GPU are here
-    (else records why they were skipped and the command that builds them on the target).
-    Raises ExportError (or CheckpointError / DataError) with one line naming what failed.
-    """
-    cfg = ExportConfig(fp16=fp16, int8=int8, calib_dir=Path(calib_dir) if calib_dir else None,
-                       max_batch=int(max_batch), opset=int(opset),
-                       verify_data=Path(verify_data) if verify_data else None, image_size=image_size,
-                       arch=arch, num_classes=num_classes, engines=engines, simplify=simplify, lrn=lrn,
-                       verify_count=int(verify_count), weight_bits=int(weight_bits))
-    return run_export(Path(checkpoint), Path(out), cfg, progress or (lambda message: None))
-
-
-def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
-    """export_bundle with an ExportConfig. The bundle directory is locked for the whole run, so a
-    second export (or calibrate) into it is refused instead of mixing two models under one manifest."""
-    cfg.validate()
-    created = not out.exists()
-    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
-    with bundle_lock(out, "--out"):
-        try:
-            return _export_locked(checkpoint, out, cfg, step)
-        except BaseException:
-            # A directory this run made and never finished (no manifest) is only debris.
-            if created and not (out / MANIFEST_NAME).exists():
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-
-
-def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
-    from alexnet_deploy.alexnet.checkpoint import load_checkpoint
-
-    step("loading checkpoint")
-    ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
-    spec = input_spec(ckpt.preprocess, cfg.image_size)
-    vset = verification_set(cfg, spec, ckpt.classes)
-    step(f"running PyTorch on {len(vset.inputs)} {vset.source} inputs at {spec.crop} px")
-    torch_logits = torch_forward(ckpt.model, vset.inputs, cfg.image_size)
-    step(f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
-    fp32 = export_onnx(ckpt.model, spec.crop, cfg, vset.inputs, torch_logits,
-                       metadata=onnx_metadata(ckpt.classes, spec, ckpt.arch, cfg))
-    forget_old_bundle(out)
-    _save_onnx(fp32.model, out / MODEL_FILE)
-    results = {"fp32": fp32}
-    if cfg.fp16:
-        step("converting to fp16 (overflow guard, parity vs fp32)")
-        results["fp16"] = _export_fp16(out, vset.inputs)
-    _write_reference(out / REFERENCE_FILE, vset, torch_logits)
-    manifest = build_manifest(out, ckpt, spec, cfg, vset, results)
-    write_manifest(out, manifest)
-    if cfg.int8:
-        manifest = _run_int8(out, cfg, step)
-    return _engines(out, manifest, cfg, step)
-
-
-def prepare_out_dir(out: Path) -> Path:
-    """Create (or reuse) the bundle directory; refuse a non-empty folder that is not a bundle.
-    Nothing in an earlier bundle is touched (see forget_old_bundle)."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportError(f"--out {out}: directory is not empty and holds no bundle; choose a new or empty "
-                          "directory (export only overwrites an earlier bundle)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise ExportError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
-    return out
-
-
-def forget_old_bundle(out: Path) -> None:
-    """Delete an earlier bundle's manifest and listed files, once the new export has succeeded in
-    memory: a re-export killed half-way must not look like a valid bundle, and files built from the
-    old weights (int8 model, engines) must not outlive it."""
-    if not (out / MANIFEST_NAME).is_file():
-        return
-    try:
-        old = read_manifest(out)
-        stale = [safe_path(out, a.file) for a in old.artifacts]
-    except AlexNetDeployError as exc:
-        log.warning("%s: ignoring the old manifest (%s)", out, exc)
-        stale = []
-    (out / MANIFEST_NAME).unlink()
-    for path in stale:
-        path.unlink(missing_ok=True)
-        for sidecar in (path.with_suffix(".json"),) if path.suffix == ".plan" else ():
-            sidecar.unlink(missing_ok=True)
-
-
-def input_spec(spec: PreprocessSpec, image_size: int | None) -> PreprocessSpec:
-    """The checkpoint's preprocessing, or a crop of ``image_size`` with the same resize/crop ratio."""
-    if image_size is None or image_size == spec.crop:
-        return spec
-    resize = max(image_size, round(image_size * spec.resize / spec.crop))
-    return PreprocessSpec(resize=resize, crop=image_size, mean=spec.mean, std=spec.std,
-                          interpolation=spec.interpolation)
-
-
-def verification_set(cfg: ExportConfig, spec: PreprocessSpec, classes) -> vinputs.VerificationSet:
-    """--verify-data, else the --calib folder, else generated images (with a warning)."""
-    if cfg.verify_data is not None:
-        return vinputs.from_folder(cfg.verify_data, spec, classes, cfg.verify_count, "verify-data")
-    if cfg.calib_dir is not None:
-        return vinputs.from_folder(cfg.calib_dir, spec, classes, cfg.verify_count, "calib")
-    log.warning("no --verify-data or --calib folder: checking the export on %d generated images only; "
-                "pass --verify-data DIR to check it on real images", cfg.verify_count)
-    return vinputs.generated(spec, cfg.verify_count)
 
 
 def torch_forward(model, inputs: np.ndarray, image_size: int | None, batch: int = 16) -> np.ndarray:
@@ -244,25 +78,26 @@ def torch_forward(model, inputs: np.ndarray, image_size: int | None, batch: int 
     return np.concatenate(outputs).astype(np.float32)
 
 
-def export_onnx(model, image_size: int, cfg: ExportConfig, inputs: np.ndarray, torch_logits: np.ndarray,
+def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_logits: np.ndarray,
                 metadata: dict[str, str]) -> OnnxExport:
-    """Export, check and verify the fp32 ONNX against ``torch_logits``; optionally simplify (re-verified)."""
-    proto, lrn_count, pools = _torch_export(model, image_size, cfg)
-    _check_graph(proto, cfg, lrn_count)
-    proto = _rewrite_lrn(proto, cfg.lrn)
+    """Export ``model`` at ``crop`` px, check it and verify it against ``torch_logits``; optionally simplify
+    (re-verified)."""
+    proto, lrn_count, pools = _torch_export(model, crop, opts)
+    _check_graph(proto, opts, lrn_count)
+    proto = _rewrite_lrn(proto, opts.lrn)
     lrn_nodes = sum(1 for n in proto.graph.node if n.op_type == "LRN")  # after any graph rewrite
     _set_metadata(proto, metadata)
     _full_check(proto, "exported model")
-    result = parity.require(torch_logits, ort_logits(proto, inputs), parity.FP32,
-                            f"fp32 ONNX vs PyTorch ({EXPORTER}, opset {cfg.opset})")
+    result = parity.require(torch_logits, cpu_logits(proto, inputs), parity.FP32,
+                            f"fp32 ONNX vs PyTorch ({EXPORTER}, opset {opts.opset})")
     report = {"onnx_vs_torch": result.to_dict()}
     simplified = False
-    if cfg.simplify:
+    if opts.simplify:
         slim = _simplify(proto)
         if slim is not None:
             _set_metadata(slim, metadata)
             _full_check(slim, "simplified model")
-            check = parity.compare(torch_logits, ort_logits(slim, inputs), parity.FP32)
+            check = parity.compare(torch_logits, cpu_logits(slim, inputs), parity.FP32)
             report["simplified_vs_torch"] = check.to_dict()
             if check.passed:
                 proto, simplified = slim, True
@@ -272,34 +107,34 @@ def export_onnx(model, image_size: int, cfg: ExportConfig, inputs: np.ndarray, t
     return OnnxExport(model=proto, lrn_nodes=lrn_nodes, simplified=simplified, parity=report, pools=tuple(pools))
 
 
-def _torch_export(model, image_size: int, cfg: ExportConfig):
+def _torch_export(model, crop: int, opts: OnnxOptions):
     import torch
 
     from alexnet_deploy.export.torch_lrn import swap_lrn
     from alexnet_deploy.export.torch_pool import fix_adaptive_pools
 
-    export_model, lrn_count = swap_lrn(model, cfg.lrn, cfg.opset)
-    export_model, pools = fix_adaptive_pools(export_model, image_size)
+    export_model, lrn_count = swap_lrn(model, opts.lrn, opts.opset)
+    export_model, pools = fix_adaptive_pools(export_model, crop)
     # Batch 2 in the example: torch.export specializes dimensions traced at size 0 or 1.
-    example = torch.zeros(2, 3, image_size, image_size)
-    batch = torch.export.Dim("batch", min=1, max=max(4096, cfg.max_batch))
+    example = torch.zeros(2, 3, crop, crop)
+    batch = torch.export.Dim("batch", min=1, max=max(4096, opts.max_batch))
     try:
-        program = torch.onnx.export(export_model, (example,), None, dynamo=True, opset_version=cfg.opset,
+        program = torch.onnx.export(export_model, (example,), None, dynamo=True, opset_version=opts.opset,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: batch},), external_data=False, verbose=False)
     except AlexNetDeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ExportError(f"{EXPORTER} failed at {image_size} px, opset {cfg.opset}: {first}") from exc
+        raise ExportError(f"{EXPORTER} failed at {crop} px, opset {opts.opset}: {first}") from exc
     return program.model_proto, lrn_count, pools
 
 
-def _check_graph(proto, cfg: ExportConfig, lrn_modules: int) -> None:
+def _check_graph(proto, opts: OnnxOptions, lrn_modules: int) -> None:
     """The exporter's output must be what we asked for: opset, I/O names, dynamic batch, LRN nodes."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset != cfg.opset:
-        raise ExportError(f"--opset {cfg.opset}: the exporter produced opset {opset} instead (it could not "
+    if opset != opts.opset:
+        raise ExportError(f"--opset {opts.opset}: the exporter produced opset {opset} instead (it could not "
                           f"convert this graph down); pass --opset {opset}")
     names = ([i.name for i in proto.graph.input], [o.name for o in proto.graph.output])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
@@ -308,9 +143,9 @@ def _check_graph(proto, cfg: ExportConfig, lrn_modules: int) -> None:
     if batch_dim.HasField("dim_value"):
         raise ExportError(f"exported graph has a fixed batch of {batch_dim.dim_value}; expected a dynamic axis")
     lrn_nodes = sum(1 for n in proto.graph.node if n.op_type == "LRN")
-    expected = 0 if cfg.lrn == "decomposed" else lrn_modules
+    expected = 0 if opts.lrn == "decomposed" else lrn_modules
     if lrn_nodes != expected:
-        raise ExportError(f"LRN formulation {cfg.lrn!r}: expected {expected} ONNX LRN nodes for {lrn_modules} "
+        raise ExportError(f"LRN formulation {opts.lrn!r}: expected {expected} ONNX LRN nodes for {lrn_modules} "
                           f"LocalResponseNorm layers, the exporter wrote {lrn_nodes}")
 
 
@@ -319,20 +154,18 @@ def _rewrite_lrn(proto, formulation: str):
 
     if formulation in FORMULATIONS:
         return proto
-    # Graph-level formulations (e.g. "conv") rewrite the native LRN nodes: export/lrn.py (issue 7).
-    from alexnet_deploy.export.lrn import rewrite_lrn
-
+    # Graph-level formulations (e.g. "conv") rewrite the native LRN nodes the exporter wrote.
     return rewrite_lrn(proto, formulation=formulation)
 
 
-def onnx_metadata(classes, spec: PreprocessSpec, arch: str, cfg: ExportConfig) -> dict[str, str]:
+def onnx_metadata(classes, spec: PreprocessSpec, arch: str, lrn: str) -> dict[str, str]:
     """metadata_props stored in every ONNX file, so a lone .onnx still says what it expects."""
     import json
 
     from alexnet_deploy import __version__
 
     return {"classes": json.dumps(list(classes)), "preprocess": json.dumps(spec.to_dict()), "arch": arch,
-            "lrn": cfg.lrn, "producer": f"alexnet-deploy {__version__}", "exporter": EXPORTER}
+            "lrn": lrn, "producer": f"alexnet-deploy {__version__}", "exporter": EXPORTER}
 
 
 def _set_metadata(proto, metadata: dict[str, str]) -> None:
@@ -352,9 +185,8 @@ def _full_check(proto, what: str) -> None:
 
 def _simplify(proto):
     """onnxslim's output, or None (with a warning) when it is not installed or fails."""
-    try:
-        import onnxslim
-    except ImportError:
+    onnxslim = optional("onnxslim")
+    if onnxslim is None:
         log.warning("onnxslim is not installed: skipping simplification (pip install onnxslim)")
         return None
     try:
@@ -364,147 +196,5 @@ def _simplify(proto):
         return None
 
 
-def ort_logits(proto_or_path, inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Logits from ONNX Runtime's CPU provider."""
-    from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches
-
-    source = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else proto_or_path
-    return run_batches(cpu_session(source), inputs, batch_size=batch)
-
-
-def _save_onnx(proto, path: Path) -> None:
-    import onnx
-
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
-
-
-def _export_fp16(out: Path, inputs: np.ndarray):
-    from alexnet_deploy.export import fp16
-
-    fp32_logits = ort_logits(out / MODEL_FILE, inputs)
-    return fp16.convert(out / MODEL_FILE, out / FP16_FILE, inputs, fp32_logits)
-
-
-def _write_reference(path: Path, vset: vinputs.VerificationSet, logits: np.ndarray) -> None:
-    # np.savez (no object arrays) so a device loads it with allow_pickle=False.
-    arrays = {"inputs": vset.inputs.astype(np.float32), "logits": logits.astype(np.float32),
-              "files": np.array(vset.files, dtype=str)}
-    if vset.labels is not None:
-        arrays["labels"] = vset.labels.astype(np.int64)
-    if vset.raw_crops is not None:
-        arrays["raw_crops"] = vset.raw_crops
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    from alexnet_deploy import __version__
-
-    found = {"alexnet_deploy": __version__}
-    for dist in ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "numpy"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vset: vinputs.VerificationSet,
-                   results: dict[str, Any]) -> Manifest:
-    """The manifest for what run_export wrote (fp32 [+ fp16] ONNX and reference.npz)."""
-    fp32: OnnxExport = results["fp32"]
-    versions = _versions()
-    artifacts = [make_artifact(out, MODEL_FILE, "onnx", "fp32", {
-        "exporter": EXPORTER, "torch": versions.get("torch"), "opset": cfg.opset, "lrn": cfg.lrn,
-        "lrn_nodes": fp32.lrn_nodes, "simplified": fp32.simplified})]
-    parity_report: dict[str, Any] = {"source": vset.source, "n": len(vset.inputs), "folder": vset.folder,
-                                     "fp32": fp32.parity}
-    export_info: dict[str, Any] = {
-        "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_nodes": fp32.lrn_nodes,
-        "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop,
-        "max_batch": cfg.max_batch,
-        "dynamic_batch": True, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if "fp16" in results:
-        from alexnet_deploy.export import fp16 as fp16_mod
-
-        res = results["fp16"]
-        kept = [k.to_dict() for k in res.kept_fp32]
-        artifacts.append(make_artifact(out, FP16_FILE, "onnx", "fp16", {
-            "converter": fp16_mod.CONVERTER, "io": "float32", "kept_fp32": [k["node"] for k in kept]}))
-        parity_report["fp16_vs_fp32"] = res.parity.to_dict()
-        export_info["fp16"] = {"converter": fp16_mod.CONVERTER, "overflow_margin": res.margin, "kept_fp32": kept}
-    artifacts.append(make_artifact(out, REFERENCE_FILE, "npz", "fp32", {"n": len(vset.inputs),
-                                                                       "labels": vset.labels is not None}))
-    provenance = {"checkpoint_sha256": ckpt.sha256, "checkpoint_path": str(Path(ckpt.path).resolve()),
-                  "epoch": ckpt.epoch, "metrics": ckpt.metrics, "train_config": ckpt.config,
-                  "checkpoint_versions": ckpt.raw.get("versions", {}), "export_versions": versions}
-    return Manifest(classes=tuple(ckpt.classes), input=TensorSpec(INPUT_NAME, (-1, 3, spec.crop, spec.crop)),
-                    output=TensorSpec(OUTPUT_NAME, (-1, len(ckpt.classes))), preprocess=spec, arch=ckpt.arch,
-                    max_batch=cfg.max_batch, artifacts=tuple(artifacts), provenance=provenance,
-                    parity=parity_report, export=export_info)
-
-
-def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
-    """INT8 is the calibration package's job; export only hands it the bundle it just wrote."""
-    try:
-        from alexnet_deploy.calibration import calibrate_bundle
-    except ImportError as exc:
-        raise ExportError(f"--int8: INT8 calibration is not available in this install ({exc}); the fp32/fp16 "
-                          f"bundle is written: run `alexnet-deploy calibrate {out} --calib {cfg.calib_dir}`") from exc
-    step(f"calibrating INT8 on {cfg.calib_dir}")
-    # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
-    # not used for calibration.
-    calibrate_bundle(out, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
-                     progress=lambda stage, done, total: step(f"int8 {stage}: {done}/{total}"))
-    return read_manifest(out)
-
-
-def build_engine_command(out: Path, manifest: Manifest) -> str:
-    """The command that builds this bundle's engines on the target."""
-    flags = "".join(f" --{p}" for p in ("fp16", "int8") if manifest.artifact(p) is not None)
-    return f"alexnet-deploy build-engine {out}{flags}"
-
-
-def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -> Manifest:
-    """Build TensorRT engines here when possible; otherwise record why not and what to run."""
-    command = build_engine_command(out, manifest)
-    failure = None
-    if not cfg.engines:
-        status = {"status": "disabled", "reason": "--no-engine", "command": command}
-    else:
-        from alexnet_deploy.export.tensorrt import tensorrt_available
-
-        available, reason = tensorrt_available()
-        status = {"status": "skipped", "reason": reason, "command": command}
-        if available:
-            manifest, status, failure = _build_engines(out, manifest, cfg, step, command)
-    manifest = manifest.replace(export={**manifest.export, "engines": status})
-    write_manifest(out, manifest)
-    if failure is not None:
-        raise ExportError(f"the ONNX bundle {out} is complete and verified, but building its TensorRT "
-                          f"engines failed: {failure}; fix that and run `{command}`") from failure
-    return manifest
-
-
-def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
-    """Build through build-engine's own path (deploy/engines.py): one cache record format, a child
-    process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
-    from alexnet_deploy.deploy.engines import BuildOptions, build_engines
-
-    precisions = [p for p in ("fp32", "fp16", "int8") if manifest.artifact(p) is not None]
-    try:
-        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch),
-                                on_event=lambda event: step(f"TensorRT {event.precision} {event.kind}: {event.message}"))
-    except AlexNetDeployError as exc:
-        return read_manifest(out), {"status": "failed", "reason": str(exc), "command": command}, exc
-    built = [result.path.relative_to(out).as_posix() for result in results]
-    return read_manifest(out), {"status": "built", "engines": built}, None
-
-
-__all__ = ["DEFAULT_OPSET", "EXPORTER", "ExportConfig", "OnnxExport", "export_bundle", "run_export",
-           "export_onnx", "input_spec", "verification_set", "torch_forward", "ort_logits", "onnx_metadata",
-           "build_manifest", "build_engine_command", "prepare_out_dir"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "EXPORTER", "INPUT_NAME", "OUTPUT_NAME", "OnnxOptions", "OnnxExport",
+           "lrn_formulations", "torch_forward", "export_onnx", "onnx_metadata"]

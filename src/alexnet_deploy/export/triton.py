@@ -16,7 +16,8 @@ from pathlib import Path
 
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.files import atomic_path, atomic_write_text
-from alexnet_deploy.errors import BundleError, ExportError, MissingDependency
+from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.errors import BundleError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,8 @@ class TritonExport:
 
 
 def _import_model_config():
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:
-        raise MissingDependency("export-triton needs Triton's protobuf schema: pip install 'tritonclient[grpc]'") from exc
-    return model_config_pb2, text_format
+    schema = require("tritonclient.grpc.model_config_pb2", package="tritonclient", needed_for="export-triton")
+    return schema, require("google.protobuf.text_format", package="tritonclient", needed_for="export-triton")
 
 
 def _pick_artifact(bundle: Path, manifest: Manifest, backend: str, precision: str) -> Artifact:

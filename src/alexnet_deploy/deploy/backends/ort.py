@@ -16,7 +16,7 @@ from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
 from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
 from alexnet_deploy.deploy.onnxrt import import_ort, session_options
-from alexnet_deploy.deploy.system import cuda_device_count
+from alexnet_deploy.deploy.cuda import cuda_device_count
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ us with OpenVINO compares runtimes, not models. Two OpenVINO defaults are overri
 - LRN: OpenVINO's own LRN kernel is faster than the banded-conv formulation that makes ONNX Runtime
   fast (batch 1 int8 8.0 vs 10.9 ms, batch 32 168 vs 184 ms in benchmarks/cpu_latency.py), so with
   ``lrn="native"`` (the default) a bundle exported with ``--lrn conv`` gets its native ``LRN`` nodes
-  back before compiling (export/lrn.py restore_lrn; same numbers). Needs the ``onnx`` package;
+  back before compiling (deploy/graph_lrn.py restore_lrn; same numbers). Needs the ``onnx`` package;
   without it the model runs as exported.
 - Dynamic batch: the ONNX has a dynamic batch axis; a model compiled for a static shape runs faster
   on the CPU plugin, so one compiled model is kept per batch size seen (compiled on first use, at
@@ -26,7 +26,9 @@ import numpy as np
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
 from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
-from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, MissingDependency
+from alexnet_deploy.deploy.graph_lrn import PREFIX, restore_lrn
+from alexnet_deploy.deploy.lazy import optional, require
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,7 @@ MAX_COMPILED = 4
 
 def import_openvino():
     """Import openvino; a missing install becomes MissingDependency naming the extra."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingDependency("openvino is not installed: pip install 'alexnet-deploy[ov]'") from exc
-    return openvino
+    return require("openvino", package="openvino")
 
 
 class OvBackend(Backend):
@@ -128,11 +126,8 @@ def _model_source(path, lrn: str):
     with native LRN nodes restored."""
     if lrn != "native":
         return str(path)
-    try:
-        import onnx
-
-        from alexnet_deploy.export.lrn import PREFIX, restore_lrn
-    except ImportError:
+    onnx = optional("onnx")
+    if onnx is None:
         log.info("ov: onnx is not installed; running %s with its LRN as exported", path.name)
         return str(path)
     model = onnx.load(str(path))

@@ -16,37 +16,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import safe_path, verify_artifact
 from alexnet_deploy.deploy.files import sha256_file
-from alexnet_deploy.deploy.system import import_cudart
-from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, MissingDependency
+from alexnet_deploy.deploy.cuda import check as cuda_call
+from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
+from alexnet_deploy.deploy.trt import import_tensorrt
+from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
 log = logging.getLogger(__name__)
-
-
-def import_tensorrt():
-    """``import tensorrt`` or MissingDependency saying where TensorRT comes from."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise MissingDependency("TensorRT is not installed: on a Jetson use JetPack's python3-libnvinfer in a venv "
-                                "made with --system-site-packages; on x86 pip install 'alexnet-deploy[tensorrt]'"
-                                ) from exc
-    return trt
-
-
-def cuda_call(cudart, result: Any, what: str) -> Any:
-    """Unwrap cuda-python's ``(err, *values)`` convention; a non-success error raises."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = getattr(err, "name", str(err))
-        raise BackendUnavailable(f"CUDA {what} failed: {name}")
-    return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
 @dataclass(frozen=True)
@@ -58,14 +39,10 @@ class DeviceFacts:
     compute_capability: str
 
 
-def device_facts(trt, cudart) -> DeviceFacts:
+def device_facts(trt) -> DeviceFacts:
     """This machine's TensorRT version and GPU 0; BackendUnavailable when there is no GPU."""
-    count = cuda_call(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount (is there a GPU and a driver?)")
-    if not count:
-        raise BackendUnavailable("no CUDA GPU found (cudaGetDeviceCount = 0)")
-    props = cuda_call(cudart, cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return DeviceFacts(str(trt.__version__), name.strip("\x00 "), f"{props.major}.{props.minor}")
+    gpu = gpu_info()
+    return DeviceFacts(str(trt.__version__), gpu.name, gpu.compute_capability)
 
 
 def sidecar_facts(recorded: dict) -> DeviceFacts:
@@ -178,7 +155,7 @@ class TrtBackend(Backend):
         self.trt, self.cudart = trt, cudart
         self._buffers: dict[str, _Buffers] = {}
         self.stream = None
-        here = device_facts(trt, cudart)
+        here = device_facts(trt)
         plan, version_compatible = find_engine(self.bundle, self.manifest, precision, here)
         self.model_bytes = plan.stat().st_size
         self.engine = self._deserialize(plan, version_compatible)

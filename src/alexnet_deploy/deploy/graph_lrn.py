@@ -38,7 +38,8 @@ import logging
 
 import numpy as np
 
-from alexnet_deploy.errors import ExportError, MissingDependency
+from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,7 @@ FORMULATIONS = ("native", "conv", "conv-pow")
 
 
 def _import_onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingDependency("onnx is not installed: pip install 'alexnet-deploy[ort]'") from exc
-    return onnx
+    return require("onnx", package="onnx")
 
 
 def rewrite_lrn(model, formulation: str = "conv"):

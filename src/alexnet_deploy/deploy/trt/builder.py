@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
-from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text
+from alexnet_deploy.deploy.cuda import GpuInfo, gpu_info
+from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text, sha256_file
+from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency
 
 log = logging.getLogger(__name__)
@@ -41,23 +43,6 @@ ENGINE_DIR = "engines"
 SIDECAR_FORMAT = "alexnet-deploy-engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FOR = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-_TRT_HINT = ("TensorRT's Python bindings are not installed: on a Jetson use JetPack's python3-libnvinfer "
-             "(make the venv with --system-site-packages); on x86 pip install 'alexnet-deploy[tensorrt]'")
-_CUDA_HINT = "cuda-python is not installed: pip install 'alexnet-deploy[jetson]' (cuda-python)"
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """The CUDA device an engine is built for."""
-
-    name: str
-    compute_capability: str  # "8.7"
-    cuda_runtime: int | None = None
-    cuda_driver: int | None = None
-
-    @property
-    def sm(self) -> str:
-        return self.compute_capability.replace(".", "")
 
 
 @dataclass(frozen=True)
@@ -93,51 +78,6 @@ class EngineInfo:
     @property
     def path(self) -> Path:
         return self.bundle / self.file
-
-
-def import_tensorrt():
-    """``import tensorrt``, or MissingDependency saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingDependency(_TRT_HINT) from exc
-    return tensorrt
-
-
-def import_cudart():
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (12.6.1+/13.x) or ``cuda.cudart`` (older)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise MissingDependency(_CUDA_HINT) from exc
-    return cudart
-
-
-def _check(cudart, result, what: str):
-    """Unpack a cuda-python ``(err, *values)`` tuple; a non-success error raises BackendUnavailable."""
-    err, *values = result
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = getattr(err, "name", str(err))
-        raise BackendUnavailable(f"CUDA {what} failed: {name} ({int(err)}); is an NVIDIA GPU and driver present?")
-    return values[0] if len(values) == 1 else values
-
-
-def gpu_info(device: int = 0) -> GpuInfo:
-    """Name, compute capability and CUDA versions of ``device`` (BackendUnavailable without a GPU)."""
-    cudart = import_cudart()
-    count = _check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
-    if count <= device:
-        raise BackendUnavailable(f"no CUDA device {device}: {count} device(s) found")
-    props = _check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    runtime = cudart.cudaRuntimeGetVersion()
-    driver = cudart.cudaDriverGetVersion()
-    return GpuInfo(name=name.rstrip("\x00").strip(), compute_capability=f"{props.major}.{props.minor}",
-                   cuda_runtime=runtime[1] if runtime[0] == cudart.cudaError_t.cudaSuccess else None,
-                   cuda_driver=driver[1] if driver[0] == cudart.cudaError_t.cudaSuccess else None)
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -436,46 +376,60 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, max_batch: in
         raise ExportError(f"TensorRT {trt.__version__} failed to build the {precision} engine from "
                           f"{onnx_path.name}: {detail}")
     save_timing_cache(config, cache_path)
-    data = bytes(memoryview(plan))
-    context = {"bundle": bundle, "trt": trt, "gpu": gpu, "route": route, "onnx_path": onnx_path,
-               "flag_names": flag_names, "settings": settings, "profile": profile, "seconds": seconds,
-               "cache_path": cache_path, "reused": reused, "dla_core": dla_core, "vc": version_compatible}
-    return _write_engine(data, context)
+    built = _BuiltPlan(bundle=bundle, trt_version=str(trt.__version__), gpu=gpu, route=route, onnx_path=onnx_path,
+                       network_flags=flag_names, settings=settings, profile=profile, seconds=seconds,
+                       timing_cache=cache_path, timing_cache_reused=reused, dla_core=dla_core,
+                       version_compatible=version_compatible)
+    return _write_engine(bytes(memoryview(plan)), built)
 
 
-def _write_engine(data: bytes, c: dict[str, Any]) -> EngineInfo:
-    bundle, gpu, route, trt_version = c["bundle"], c["gpu"], c["route"], str(c["trt"].__version__)
-    file = engine_name(route.precision, gpu, trt_version, c["dla_core"], c["vc"])
+@dataclass(frozen=True)
+class _BuiltPlan:
+    """What one build knows besides the plan's bytes: everything its sidecar records."""
+
+    bundle: Path
+    trt_version: str
+    gpu: GpuInfo
+    route: BuildRoute
+    onnx_path: Path
+    network_flags: list[str]
+    settings: dict[str, Any]
+    profile: dict[str, Any]
+    seconds: float
+    timing_cache: Path | None
+    timing_cache_reused: bool
+    dla_core: int | None
+    version_compatible: bool
+
+
+def _sidecar(built: _BuiltPlan, plan_file: str, data: bytes, digest: str) -> dict[str, Any]:
+    cache, route, vc = built.timing_cache, built.route, built.version_compatible
+    return {
+        "format": SIDECAR_FORMAT, "plan": {"file": Path(plan_file).name, "sha256": digest, "bytes": len(data)},
+        "tensorrt_version": built.trt_version, "gpu": asdict(built.gpu) | {"sm": built.gpu.sm},
+        "jetson_l4t": _jetson_release(), "precision": route.precision, "route": route.note or "fp32 ONNX",
+        "strongly_typed": route.strongly_typed, "network_flags": built.network_flags, **built.settings,
+        "version_compatible": vc, "profile": built.profile,
+        "source_onnx": {"file": route.onnx_file, "sha256": sha256_file(built.onnx_path)},
+        "timing_cache": {"file": str(cache) if cache else None, "reused": built.timing_cache_reused},
+        "build_seconds": round(built.seconds, 3), "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds"), "host": platform.node(),
+        "load_notes": ["set runtime.engine_host_code_allowed = True before deserializing"] if vc else [],
+    }
+
+
+def _write_engine(data: bytes, built: _BuiltPlan) -> EngineInfo:
+    file = engine_name(built.route.precision, built.gpu, built.trt_version, built.dla_core, built.version_compatible)
     sidecar = file[: -len(".plan")] + ".json"
     digest = hashlib.sha256(data).hexdigest()
-    cache = c["cache_path"]
-    meta = {
-        "format": SIDECAR_FORMAT, "plan": {"file": Path(file).name, "sha256": digest, "bytes": len(data)},
-        "tensorrt_version": trt_version, "gpu": asdict(gpu) | {"sm": gpu.sm}, "jetson_l4t": _jetson_release(),
-        "precision": route.precision, "route": route.note or "fp32 ONNX",
-        "strongly_typed": route.strongly_typed, "network_flags": c["flag_names"], **c["settings"],
-        "version_compatible": c["vc"], "profile": c["profile"],
-        "source_onnx": {"file": route.onnx_file, "sha256": _sha256(c["onnx_path"])},
-        "timing_cache": {"file": str(cache) if cache else None, "reused": c["reused"]},
-        "build_seconds": round(c["seconds"], 3), "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(
-            timespec="seconds"), "host": platform.node(),
-        "load_notes": ["set runtime.engine_host_code_allowed = True before deserializing"] if c["vc"] else [],
-    }
-    atomic_write_bytes(bundle / file, data)
-    atomic_write_text(bundle / sidecar, json.dumps(meta, indent=2) + "\n")
-    log.info("wrote %s (%d bytes, %.1f s)", file, len(data), c["seconds"])
-    return EngineInfo(bundle=bundle, file=file, sidecar=sidecar, precision=route.precision,
-                      trt_version=trt_version, gpu=gpu, route=route, profile=c["profile"],
-                      build_seconds=c["seconds"], plan_bytes=len(data), plan_sha256=digest,
-                      timing_cache=str(cache) if cache else None, timing_cache_reused=c["reused"], meta=meta)
+    meta = _sidecar(built, file, data, digest)
+    atomic_write_bytes(built.bundle / file, data)
+    atomic_write_text(built.bundle / sidecar, json.dumps(meta, indent=2) + "\n")
+    log.info("wrote %s (%d bytes, %.1f s)", file, len(data), built.seconds)
+    cache = built.timing_cache
+    return EngineInfo(bundle=built.bundle, file=file, sidecar=sidecar, precision=built.route.precision,
+                      trt_version=built.trt_version, gpu=built.gpu, route=built.route, profile=built.profile,
+                      build_seconds=built.seconds, plan_bytes=len(data), plan_sha256=digest,
+                      timing_cache=str(cache) if cache else None, timing_cache_reused=built.timing_cache_reused,
+                      meta=meta)
 
-
-def _sha256(path: Path) -> str:
-    from alexnet_deploy.deploy.files import sha256_file
-
-    return sha256_file(path)
-
-
-__all__ = ["ENGINE_DIR", "GpuInfo", "BuildRoute", "EngineInfo", "import_tensorrt", "import_cudart", "gpu_info",
-           "tensorrt_available", "choose_route", "network_flags", "parse_onnx", "configure", "make_profile",
-           "timing_cache_path", "engine_name", "build_engine"]

@@ -7,13 +7,13 @@ and compute capability, precision, optimization profile, DLA core, version-compa
 digest. A matching entry whose file still has the recorded sha256 is reused; anything else is
 rebuilt and replaces it.
 
-The build itself runs in ``python -m alexnet_deploy.deploy.engines build ...`` because on a Jetson
+The build itself runs in ``python -m alexnet_deploy.deploy.trt.engines build ...`` because on a Jetson
 the kernel's OOM killer often kills a TensorRT build outright: in a child process that is a
 failure the parent can see, and retry with a smaller workspace and a lower builder optimization
 level. The device probe (TensorRT version, GPU, free memory) also runs in a child so that the
 parent never loads TensorRT and CUDA next to the build.
 
-This module imports neither torch nor tensorrt; the child imports ``export.tensorrt`` lazily.
+Neither this module nor ``builder`` imports tensorrt or cuda-python at import time; only the child does.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.cuda import check as cuda_check
+from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
+from alexnet_deploy.deploy.system import mem_available
+from alexnet_deploy.deploy.trt import import_tensorrt
+from alexnet_deploy.deploy.trt.builder import PRECISIONS, build_engine, choose_route
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError, ExportError
 
 log = logging.getLogger(__name__)
@@ -227,7 +232,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 def _run_child(args: Sequence[str], env: dict[str, str], timeout_s: float | None,
                on_line: Callable[[dict], None] | None = None) -> tuple[int, dict, str]:
     """Run the child, stream its JSON event lines; return (returncode, final result, stderr tail)."""
-    cmd = [sys.executable, "-m", "alexnet_deploy.deploy.engines", *args]
+    cmd = [sys.executable, "-m", "alexnet_deploy.deploy.trt.engines", *args]
     result: dict = {}
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(env))
@@ -437,27 +442,7 @@ def build_engines(bundle: str | os.PathLike, precisions: Sequence[str], opts: Bu
 
 # --------------------------------------------------------------------------- inside the child
 
-def _check(result, what: str):
-    """Unpack a cuda-python ``(err, *values)`` tuple; an error becomes BackendUnavailable."""
-    err, *values = result
-    if int(getattr(err, "value", err)) != 0:
-        raise BackendUnavailable(f"CUDA {what} failed: {getattr(err, 'name', err)}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def _routes(trt, bundle: str | None) -> dict[str, str]:
-    from alexnet_deploy.export.tensorrt import PRECISIONS, choose_route
-
     if not bundle:
         return {}
     manifest, routes = read_manifest(bundle), {}
@@ -470,17 +455,14 @@ def _routes(trt, bundle: str | None) -> dict[str, str]:
 
 
 def _probe_in_child(bundle: str | None = None) -> DeviceInfo:
-    from alexnet_deploy.export.tensorrt import gpu_info, import_cudart, import_tensorrt
-
     trt = import_tensorrt()
     gpu = gpu_info()
     cudart = import_cudart()
-    free, total = _check(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
-    integrated = bool(getattr(_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties"), "integrated", 0))
-    if integrated:   # Jetson: cudaMemGetInfo ignores reclaimable page cache; MemAvailable does not
-        free = max(int(free), _mem_available())
+    free, total = cuda_check(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+    if gpu.integrated:   # Jetson: cudaMemGetInfo ignores reclaimable page cache; MemAvailable does not
+        free = max(int(free), mem_available() or 0)
     return DeviceInfo(trt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                      free_bytes=int(free), total_bytes=int(total), integrated=integrated,
+                      free_bytes=int(free), total_bytes=int(total), integrated=gpu.integrated,
                       routes=_routes(trt, bundle))
 
 
@@ -489,8 +471,6 @@ def _emit(**event) -> None:
 
 
 def _child_build(args) -> dict:
-    from alexnet_deploy.export.tensorrt import build_engine
-
     _emit(event="progress", message=f"building {args.precision} (workspace {args.workspace_bytes >> 20} MiB, "
                                     f"opt level {args.opt_level})")
     info = build_engine(Path(args.bundle), args.precision, max_batch=args.max_batch,
@@ -504,7 +484,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the child process: `probe` or `build`; prints JSON lines, last one the result."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m alexnet_deploy.deploy.engines")
+    parser = argparse.ArgumentParser(prog="python -m alexnet_deploy.deploy.trt.engines")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("probe").add_argument("--bundle", default=None)
     build = sub.add_parser("build")

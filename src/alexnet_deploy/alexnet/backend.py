@@ -15,7 +15,8 @@ import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.files import sha256_file
-from alexnet_deploy.errors import BackendUnavailable, CheckpointError, MissingDependency
+from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.errors import BackendUnavailable, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,7 @@ class PtBackend(Backend):
         options.pop("provider", None)  # an ort-only option; accepted so load(..., provider=) works on auto
         options.pop("allow_unsafe_int8", None)  # pt runs no int8
         super().__init__(bundle, precision, **options)
-        try:
-            import torch
-        except ImportError as exc:
-            raise MissingDependency("torch is not installed (the pt reference backend needs it): "
-                                    "pip install 'alexnet-deploy[train]'") from exc
+        torch = require("torch", package="torch", needed_for="the pt reference backend")
         path = self._checkpoint_path(checkpoint)
         self._check_sha(path)
         from alexnet_deploy.alexnet.checkpoint import load_checkpoint

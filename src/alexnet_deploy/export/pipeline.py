@@ -1,0 +1,341 @@
+"""Checkpoint -> verified bundle: fp32 ONNX (+ fp16 ONNX, INT8, reference.npz, manifest.json, engines).
+
+The steps, in order, under a lock on the bundle directory: load the checkpoint; pick verification
+images (--verify-data, else --calib, else generated); run PyTorch on them; export and verify the
+fp32 ONNX (export/onnx.py); convert and verify fp16 (export/fp16.py); write reference.npz and the
+manifest; calibrate INT8 (the calibration package); build TensorRT engines where TensorRT and a GPU
+are present, else record why not and the command that builds them on the device. A failed step
+leaves no half-written bundle: an earlier bundle's files are only forgotten once the new export
+has succeeded in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
+                                          safe_path, write_manifest)
+from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock
+from alexnet_deploy.deploy.onnxrt import cpu_logits
+from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.deploy.trt.builder import tensorrt_available
+from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
+from alexnet_deploy.errors import AlexNetDeployError, ExportError
+from alexnet_deploy.export import fp16
+from alexnet_deploy.export import inputs as vinputs
+from alexnet_deploy.export.onnx import (DEFAULT_OPSET, EXPORTER, INPUT_NAME, MIN_OPSET, OUTPUT_NAME, OnnxExport,
+                                        OnnxOptions, export_onnx, lrn_formulations, onnx_metadata, torch_forward)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, FP16_FILE, REFERENCE_FILE = "model.onnx", "model.fp16.onnx", "reference.npz"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export settings; field names follow the `alexnet-deploy export` flags."""
+
+    fp16: bool = False
+    int8: bool = False
+    calib_dir: Path | None = None
+    max_batch: int = 32
+    opset: int = DEFAULT_OPSET
+    verify_data: Path | None = None
+    image_size: int | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    engines: bool = True
+    simplify: bool = True
+    # "conv": the banded 1x1-conv rewrite (deploy/graph_lrn.py), faster on every CPU runtime than the
+    # native node with identical outputs (docs/lrn.md); "native" keeps one ONNX LRN node per layer.
+    lrn: str = "conv"
+    verify_count: int = 32
+    # int8 weights: 7 bits are computed exactly by every CPU's int8 kernels; 8 only by TensorRT and
+    # CPUs with VNNI/AMX/ARM dot products (deploy/cpu.py).
+    weight_bits: int = 7
+
+    def __post_init__(self) -> None:
+        # Python callers may pass folders as str; the CLI passes Paths.
+        for name in ("calib_dir", "verify_data"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    @property
+    def onnx(self) -> OnnxOptions:
+        return OnnxOptions(opset=self.opset, lrn=self.lrn, max_batch=self.max_batch, simplify=self.simplify)
+
+    def validate(self) -> None:
+        if self.max_batch < 1:
+            raise ExportError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.opset < MIN_OPSET:
+            raise ExportError(f"--opset {self.opset}: alexnet-deploy exports opset {MIN_OPSET} or newer "
+                              f"(default {DEFAULT_OPSET}; 17 for TensorRT 8.6)")
+        if self.int8 and self.calib_dir is None:
+            raise ExportError("--int8 needs --calib DIR (a folder of representative images)")
+        for flag, folder in (("--calib", self.calib_dir), ("--verify-data", self.verify_data)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ExportError(f"{flag} {folder}: not a directory; expected an image folder")
+        if self.verify_count < 1:
+            raise ExportError(f"verify_count must be >= 1, got {self.verify_count}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ExportError(f"--image-size must be positive, got {self.image_size}")
+        known = lrn_formulations()
+        if self.lrn not in known:
+            raise ExportError(f"--lrn {self.lrn}: unknown LRN formulation; expected one of {', '.join(known)}")
+
+
+def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, config: ExportConfig | None = None, *,
+                  progress: Progress | None = None, **settings: Any) -> Manifest:
+    """Export ``checkpoint`` to the bundle directory ``out`` and return its manifest.
+
+    ``config`` holds the settings (the `alexnet-deploy export` flags); keyword ``settings`` override
+    its fields by name (``export_bundle(ckpt, out, fp16=True, engines=False)``). Writes model.onnx
+    (+ model.fp16.onnx with ``fp16``), reference.npz and manifest.json; runs INT8 calibration with
+    ``int8``; builds TensorRT engines when ``engines`` and TensorRT + a GPU are here (else records
+    why they were skipped and the command that builds them on the target). Raises ExportError (or
+    CheckpointError / DataError) with one line naming what failed.
+    """
+    try:
+        cfg = dataclasses.replace(config or ExportConfig(), **settings)
+    except TypeError as exc:
+        raise ExportError(f"export_bundle: {exc}") from exc
+    return run_export(Path(checkpoint), Path(out), cfg, progress or (lambda message: None))
+
+
+def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+    """export_bundle with an ExportConfig. The bundle directory is locked for the whole run, so a
+    second export (or calibrate) into it is refused instead of mixing two models under one manifest."""
+    cfg.validate()
+    created = not out.exists()
+    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
+    with bundle_lock(out, "--out"):
+        try:
+            return _export_locked(checkpoint, out, cfg, step)
+        except BaseException:
+            # A directory this run made and never finished (no manifest) is only debris.
+            if created and not (out / MANIFEST_NAME).exists():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+    from alexnet_deploy.alexnet.checkpoint import load_checkpoint
+
+    step("loading checkpoint")
+    ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
+    spec = input_spec(ckpt.preprocess, cfg.image_size)
+    vset = verification_set(cfg, spec, ckpt.classes)
+    step(f"running PyTorch on {len(vset.inputs)} {vset.source} inputs at {spec.crop} px")
+    torch_logits = torch_forward(ckpt.model, vset.inputs, cfg.image_size)
+    step(f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
+    fp32 = export_onnx(ckpt.model, spec.crop, cfg.onnx, vset.inputs, torch_logits,
+                       metadata=onnx_metadata(ckpt.classes, spec, ckpt.arch, cfg.lrn))
+    forget_old_bundle(out)
+    _save_onnx(fp32.model, out / MODEL_FILE)
+    results = {"fp32": fp32}
+    if cfg.fp16:
+        step("converting to fp16 (overflow guard, parity vs fp32)")
+        results["fp16"] = _export_fp16(out, vset.inputs)
+    _write_reference(out / REFERENCE_FILE, vset, torch_logits)
+    manifest = build_manifest(out, ckpt, spec, cfg, vset, results)
+    write_manifest(out, manifest)
+    if cfg.int8:
+        manifest = _run_int8(out, cfg, step)
+    return _engines(out, manifest, cfg, step)
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create (or reuse) the bundle directory; refuse a non-empty folder that is not a bundle.
+    Nothing in an earlier bundle is touched (see forget_old_bundle)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportError(f"--out {out}: directory is not empty and holds no bundle; choose a new or empty "
+                          "directory (export only overwrites an earlier bundle)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ExportError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
+    return out
+
+
+def forget_old_bundle(out: Path) -> None:
+    """Delete an earlier bundle's manifest and listed files, once the new export has succeeded in
+    memory: a re-export killed half-way must not look like a valid bundle, and files built from the
+    old weights (int8 model, engines) must not outlive it."""
+    if not (out / MANIFEST_NAME).is_file():
+        return
+    try:
+        old = read_manifest(out)
+        stale = [safe_path(out, a.file) for a in old.artifacts]
+    except AlexNetDeployError as exc:
+        log.warning("%s: ignoring the old manifest (%s)", out, exc)
+        stale = []
+    (out / MANIFEST_NAME).unlink()
+    for path in stale:
+        path.unlink(missing_ok=True)
+        for sidecar in (path.with_suffix(".json"),) if path.suffix == ".plan" else ():
+            sidecar.unlink(missing_ok=True)
+
+
+def input_spec(spec: PreprocessSpec, image_size: int | None) -> PreprocessSpec:
+    """The checkpoint's preprocessing, or a crop of ``image_size`` with the same resize/crop ratio."""
+    if image_size is None or image_size == spec.crop:
+        return spec
+    resize = max(image_size, round(image_size * spec.resize / spec.crop))
+    return PreprocessSpec(resize=resize, crop=image_size, mean=spec.mean, std=spec.std,
+                          interpolation=spec.interpolation)
+
+
+def verification_set(cfg: ExportConfig, spec: PreprocessSpec, classes) -> vinputs.VerificationSet:
+    """--verify-data, else the --calib folder, else generated images (with a warning)."""
+    if cfg.verify_data is not None:
+        return vinputs.from_folder(cfg.verify_data, spec, classes, cfg.verify_count, "verify-data")
+    if cfg.calib_dir is not None:
+        return vinputs.from_folder(cfg.calib_dir, spec, classes, cfg.verify_count, "calib")
+    log.warning("no --verify-data or --calib folder: checking the export on %d generated images only; "
+                "pass --verify-data DIR to check it on real images", cfg.verify_count)
+    return vinputs.generated(spec, cfg.verify_count)
+
+
+def _save_onnx(proto, path: Path) -> None:
+    import onnx
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+
+
+def _export_fp16(out: Path, inputs: np.ndarray):
+    fp32_logits = cpu_logits(out / MODEL_FILE, inputs)
+    return fp16.convert(out / MODEL_FILE, out / FP16_FILE, inputs, fp32_logits)
+
+
+def _write_reference(path: Path, vset: vinputs.VerificationSet, logits: np.ndarray) -> None:
+    # np.savez (no object arrays) so a device loads it with allow_pickle=False.
+    arrays = {"inputs": vset.inputs.astype(np.float32), "logits": logits.astype(np.float32),
+              "files": np.array(vset.files, dtype=str)}
+    if vset.labels is not None:
+        arrays["labels"] = vset.labels.astype(np.int64)
+    if vset.raw_crops is not None:
+        arrays["raw_crops"] = vset.raw_crops
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from alexnet_deploy import __version__
+
+    found = {"alexnet_deploy": __version__}
+    for dist in ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "numpy"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vset: vinputs.VerificationSet,
+                   results: dict[str, Any]) -> Manifest:
+    """The manifest for what run_export wrote (fp32 [+ fp16] ONNX and reference.npz)."""
+    fp32: OnnxExport = results["fp32"]
+    versions = _versions()
+    artifacts = [make_artifact(out, MODEL_FILE, "onnx", "fp32", {
+        "exporter": EXPORTER, "torch": versions.get("torch"), "opset": cfg.opset, "lrn": cfg.lrn,
+        "lrn_nodes": fp32.lrn_nodes, "simplified": fp32.simplified})]
+    parity_report: dict[str, Any] = {"source": vset.source, "n": len(vset.inputs), "folder": vset.folder,
+                                     "fp32": fp32.parity}
+    export_info: dict[str, Any] = {
+        "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_nodes": fp32.lrn_nodes,
+        "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop,
+        "max_batch": cfg.max_batch,
+        "dynamic_batch": True, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if "fp16" in results:
+        res = results["fp16"]
+        kept = [k.to_dict() for k in res.kept_fp32]
+        artifacts.append(make_artifact(out, FP16_FILE, "onnx", "fp16", {
+            "converter": fp16.CONVERTER, "io": "float32", "kept_fp32": [k["node"] for k in kept]}))
+        parity_report["fp16_vs_fp32"] = res.parity.to_dict()
+        export_info["fp16"] = {"converter": fp16.CONVERTER, "overflow_margin": res.margin, "kept_fp32": kept}
+    artifacts.append(make_artifact(out, REFERENCE_FILE, "npz", "fp32", {"n": len(vset.inputs),
+                                                                       "labels": vset.labels is not None}))
+    provenance = {"checkpoint_sha256": ckpt.sha256, "checkpoint_path": str(Path(ckpt.path).resolve()),
+                  "epoch": ckpt.epoch, "metrics": ckpt.metrics, "train_config": ckpt.config,
+                  "checkpoint_versions": ckpt.raw.get("versions", {}), "export_versions": versions}
+    return Manifest(classes=tuple(ckpt.classes), input=TensorSpec(INPUT_NAME, (-1, 3, spec.crop, spec.crop)),
+                    output=TensorSpec(OUTPUT_NAME, (-1, len(ckpt.classes))), preprocess=spec, arch=ckpt.arch,
+                    max_batch=cfg.max_batch, artifacts=tuple(artifacts), provenance=provenance,
+                    parity=parity_report, export=export_info)
+
+
+def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+    """INT8 is the calibration package's job; export only hands it the bundle it just wrote."""
+    try:
+        from alexnet_deploy.calibration import calibrate_bundle
+    except ImportError as exc:
+        raise ExportError(f"--int8: INT8 calibration is not available in this install ({exc}); the fp32/fp16 "
+                          f"bundle is written: run `alexnet-deploy calibrate {out} --calib {cfg.calib_dir}`") from exc
+    step(f"calibrating INT8 on {cfg.calib_dir}")
+    # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
+    # not used for calibration.
+    calibrate_bundle(out, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
+                     progress=lambda stage, done, total: step(f"int8 {stage}: {done}/{total}"))
+    return read_manifest(out)
+
+
+def build_engine_command(out: Path, manifest: Manifest) -> str:
+    """The command that builds this bundle's engines on the target."""
+    flags = "".join(f" --{p}" for p in ("fp16", "int8") if manifest.artifact(p) is not None)
+    return f"alexnet-deploy build-engine {out}{flags}"
+
+
+def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -> Manifest:
+    """Build TensorRT engines here when possible; otherwise record why not and what to run."""
+    command = build_engine_command(out, manifest)
+    failure = None
+    if not cfg.engines:
+        status = {"status": "disabled", "reason": "--no-engine", "command": command}
+    else:
+        available, reason = tensorrt_available()
+        status = {"status": "skipped", "reason": reason, "command": command}
+        if available:
+            manifest, status, failure = _build_engines(out, manifest, cfg, step, command)
+    manifest = manifest.replace(export={**manifest.export, "engines": status})
+    write_manifest(out, manifest)
+    if failure is not None:
+        raise ExportError(f"the ONNX bundle {out} is complete and verified, but building its TensorRT "
+                          f"engines failed: {failure}; fix that and run `{command}`") from failure
+    return manifest
+
+
+def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
+    """Build through build-engine's own path (deploy/trt/engines.py): one cache record format, a child
+    process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
+    precisions = [p for p in ("fp32", "fp16", "int8") if manifest.artifact(p) is not None]
+    try:
+        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch),
+                                on_event=lambda event: step(f"TensorRT {event.precision} {event.kind}: {event.message}"))
+    except AlexNetDeployError as exc:
+        return read_manifest(out), {"status": "failed", "reason": str(exc), "command": command}, exc
+    built = [result.path.relative_to(out).as_posix() for result in results]
+    return read_manifest(out), {"status": "built", "engines": built}, None
+
+
+__all__ = ["ExportConfig", "export_bundle", "run_export", "input_spec", "verification_set", "build_manifest",
+           "build_engine_command", "prepare_out_dir"]
