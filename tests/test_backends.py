@@ -19,8 +19,10 @@ import pytest
 import runtime_bundle
 from conftest import scratch_dir
 from alexnet_deploy.deploy import Prediction, load
-from alexnet_deploy.deploy.backend import TOLERANCE, Backend, resolve_backend
-from alexnet_deploy.deploy.verify import INT8_ORACLE, INT8_REFERENCE_FILE, Threshold, judge_logits
+from alexnet_deploy.deploy.backend import Backend, resolve_backend
+from alexnet_deploy.deploy.compare import Threshold
+from alexnet_deploy.deploy.precision import PRECISIONS
+from alexnet_deploy.deploy.verify import INT8_ORACLE, INT8_REFERENCE_FILE, judge_logits
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 CASES = [
@@ -68,7 +70,7 @@ def _check_against_reference(model: Backend, inputs: np.ndarray, ref_logits: np.
         expected = ref_logits[:12]
         assert logits.dtype == np.float32 and logits.shape == expected.shape
         diff = float(np.abs(logits - expected).max())
-        assert diff <= TOLERANCE[precision] * spread, f"batch {batch}: max |diff| {diff:.3g} (spread {spread:.3g})"
+        assert diff <= PRECISIONS[precision].conformance * spread, f"batch {batch}: max |diff| {diff:.3g} (spread {spread:.3g})"
     check = judge_logits(ref_logits, model.infer_all(inputs), INT8_ORACLE if precision == "int8"
                          else Threshold(min_agreement=1.0, min_cosine=0.9999), model.name)
     assert check.status == "pass", (check.agreement, check.cosine, check.detail)

@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 
 from alexnet_deploy.deploy.bundle import read_manifest, verify_artifacts
+from alexnet_deploy.deploy.compare import check_parity, require_parity
+from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess
 from alexnet_deploy.errors import ExportError
-from alexnet_deploy.export import parity
-from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
 from alexnet_deploy.export.pipeline import export_bundle
 from conftest import scratch_dir, write_image_folder
+
+FP32 = PRECISIONS["fp32"].export
 
 torch = pytest.importorskip("torch")
 
@@ -113,7 +116,7 @@ def test_dynamic_batch_matches_torch(trained: dict, batch: int) -> None:
         expected = trained["model"](torch.from_numpy(x)).numpy()
     got = ort_logits(trained["out"] / "model.onnx", x)
     assert got.shape == (batch, 3)
-    assert parity.compare(expected, got, parity.FP32).passed
+    assert check_parity(expected, got, FP32).passed
 
 
 def test_parity_on_real_images_is_recorded(trained: dict) -> None:
@@ -133,7 +136,7 @@ def test_reference_npz_is_golden_and_pickle_free(trained: dict) -> None:
     assert all((trained["images"] / f).is_file() for f in files)
     with torch.no_grad():
         np.testing.assert_allclose(logits, trained["model"](torch.from_numpy(inputs)).numpy(), rtol=1e-5, atol=1e-5)
-    assert parity.compare(logits, ort_logits(out / "model.onnx", inputs), parity.FP32).passed
+    assert check_parity(logits, ort_logits(out / "model.onnx", inputs), FP32).passed
 
 
 def test_export_at_63_px_opset_17_from_a_64_px_checkpoint(trained: dict, tmp_path: Path) -> None:
@@ -210,17 +213,17 @@ def test_native_lrn_matches_torch_and_onnx_convention(tmp_path: Path) -> None:
 def test_parity_failure_says_by_how_much() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 5, (8, 10)).astype(np.float32)
-    assert parity.compare(ref, ref + 1e-6, parity.FP32).passed
+    assert check_parity(ref, ref + 1e-6, FP32).passed
     with pytest.raises(ExportError, match=r"max abs diff 0\.5 > allowed .*x\)"):
-        parity.require(ref, ref + 0.5, parity.FP32, "fp32 ONNX vs PyTorch")
+        require_parity(ref, ref + 0.5, FP32, "fp32 ONNX vs PyTorch")
     nan = ref.copy()
     nan[0, 0] = np.nan
     with pytest.raises(ExportError, match="NaN or Inf"):
-        parity.require(ref, nan, parity.FP32, "fp16")
+        require_parity(ref, nan, FP32, "fp16")
     tied = np.zeros((4, 3), np.float32)  # all logits tied: a flipped argmax is not a decisive disagreement
     flipped = tied.copy()
     flipped[:, 2] = 1e-6
-    result = parity.compare(tied, flipped, parity.FP32)
+    result = check_parity(tied, flipped, FP32)
     assert result.top1_agreement == 0.0 and result.decisive_top1_agreement == 1.0 and result.passed
 
 

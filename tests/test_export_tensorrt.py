@@ -281,7 +281,7 @@ def test_without_tensorrt_says_what_to_install() -> None:
     code = ("import sys; sys.path = [p for p in sys.path if 'stubs' not in p]\n"
             "from alexnet_deploy.deploy.trt.builder import tensorrt_available\n"
             "ok, reason = tensorrt_available(); print(ok, reason)\n"
-            "assert 'torch' not in sys.modules, 'export.tensorrt must not import torch'")
+            "assert 'torch' not in sys.modules, 'deploy.trt.builder must not import torch'")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr

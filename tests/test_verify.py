@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from alexnet_deploy.deploy.pack import pack_bundle
-from alexnet_deploy.deploy.verify import (FAIL, PASS, SKIP, THRESHOLDS, Threshold, cosine_rows, judge_logits,
+from alexnet_deploy.deploy.compare import Threshold, cosine_rows
+from alexnet_deploy.deploy.precision import PRECISIONS
+from alexnet_deploy.deploy.verify import (FAIL, PASS, SKIP, judge_logits,
                                           verify_bundle)
 from device_helpers import edit_manifest, replace_artifact, tiny_bundle, tiny_onnx
 
@@ -85,7 +87,7 @@ def test_broken_fp16_model_fails_golden(bundle: Path, tmp_path: Path) -> None:
     replace_artifact(bundle, "model.fp16.onnx", other)
     report = verify_bundle(bundle, backends=("ort",))
     fp16 = [g for g in _rows(report, "golden") if "fp16" in g.target][0]
-    assert not report.ok and fp16.status == FAIL and fp16.cosine < THRESHOLDS["fp16"].min_cosine
+    assert not report.ok and fp16.status == FAIL and fp16.cosine < PRECISIONS["fp16"].golden.min_cosine
     assert all(c.status == PASS for c in _rows(report, "sha256"))
 
 
@@ -118,7 +120,7 @@ def test_verify_a_packed_archive(bundle: Path, tmp_path: Path, monkeypatch) -> N
 def test_judge_logits_thresholds() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(20, 5)).astype(np.float32)
-    assert judge_logits(ref, ref + 1e-6, THRESHOLDS["fp32"], "x").status == PASS
+    assert judge_logits(ref, ref + 1e-6, PRECISIONS["fp32"].golden, "x").status == PASS
     noisy = ref + rng.normal(scale=0.3, size=ref.shape).astype(np.float32)
     check = judge_logits(ref, noisy, Threshold(0.99, 0.9999), "x")
     assert check.status == FAIL and check.cosine < 0.9999
@@ -129,7 +131,7 @@ def test_judge_logits_thresholds() -> None:
 def test_metadata_read_from_the_wire_matches_onnx(bundle: Path) -> None:
     import onnx
 
-    from alexnet_deploy.deploy.verify import onnx_metadata_props
+    from alexnet_deploy.deploy.model_facts import onnx_metadata_props
 
     for name in ("model.onnx", "model.fp16.onnx"):
         expected = {p.key: p.value for p in onnx.load(str(bundle / name)).metadata_props}

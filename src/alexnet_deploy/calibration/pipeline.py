@@ -19,11 +19,12 @@ from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, Calibr
                                                write_report)
 from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
 from alexnet_deploy.deploy.files import atomic_write_bytes
+from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
 
-INT8_FILE = "model.int8.onnx"
+INT8_FILE = PRECISIONS["int8"].onnx_file
 AUTO_ORDER = ("entropy", "percentile", "minmax")   # ties go to the earlier (TensorRT's default first)
 Progress = Callable[[str, int, int], None]
 

@@ -17,14 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from alexnet_deploy.deploy.graph_lrn import PREFIX as LRN_REWRITE_PREFIX
 from alexnet_deploy.errors import CalibrationError, MissingDependency
 
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-# Name prefix of the nodes deploy/graph_lrn.py's LRN rewrite adds (export.lrn.PREFIX; a string here so
-# calibration does not import export).
-LRN_REWRITE_PREFIX = "lrn_conv/"
 # 7: weights on [-64, 64], safe on every CPU; 8: full range, for TensorRT or VNNI/AMX/ARM CPUs only.
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from alexnet_deploy.cli import cli
+from alexnet_deploy.deploy.precision import NAMES
 
-_PRECISIONS = ("fp32", "fp16", "int8")
 _STATUS_STYLE = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]",
                  "info": "[cyan]info[/]"}
 
@@ -47,7 +47,7 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
 
     from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
 
-    chosen = [p for p, on in zip(_PRECISIONS, (want_fp32, want_fp16, want_int8)) if on] or ["fp32"]
+    chosen = [p for p, on in zip(NAMES, (want_fp32, want_fp16, want_int8)) if on] or ["fp32"]
     opts = BuildOptions(max_batch=max_batch, workspace_gib=workspace_gib, dla_core=dla_core,
                         version_compatible=version_compatible, opt_level=opt_level, force=force)
     console = _console()
@@ -80,7 +80,7 @@ def _print_engines(console, results) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--backend", "backends", multiple=True, metavar="NAME",
               help="Backend to run the golden vectors on (repeatable): auto, ort, ort-cuda, trt, pt, ... [auto].")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(_PRECISIONS),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(NAMES),
               help="Precision to check (repeatable) [every one the bundle has].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the checks as JSON here.")
 def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, ...], json_out: Path | None) -> None:
@@ -172,7 +172,7 @@ def unpack_cmd(archive: Path, dest: Path, overwrite: bool, max_gib: float) -> No
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
               help="Triton backend: the ONNX model, or a TensorRT plan from BUNDLE/engines/.")
-@click.option("--precision", type=click.Choice(_PRECISIONS), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(NAMES), default="fp32", show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), help="Triton max_batch_size [manifest's max batch].")
 @click.option("--model-name", help="Model directory name in the repository [alexnet_<precision>].")
 def export_triton_cmd(bundle: Path, out: Path, backend: str, precision: str, max_batch: int | None,

@@ -11,8 +11,8 @@ import sys
 import click
 
 from alexnet_deploy.cli import cli
+from alexnet_deploy.deploy.precision import NAMES
 
-_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _console():
@@ -95,7 +95,7 @@ def _run_with_progress(bundle, config):
               help="Labelled image folder (class sub-folders named like the bundle's classes) for accuracy.")
 @click.option("--backend", "backends", multiple=True,
               help="pt, ort (=ort-cpu), ov, ort-cuda, ort-tensorrt, trt; repeat for several. Default: all.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(_PRECISIONS),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(NAMES),
               help="Repeat for several. Default: fp32, fp16, int8.")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),
               help="Batch size; repeat for several. Default: 1 and the bundle's max batch.")
@@ -130,7 +130,7 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
     if plot_dir:
         check_writable(plot_dir, "--plot", directory=True)
     config = lib.BenchConfig(backends=tuple(backends) or lib.DEFAULT_BACKENDS,
-                             precisions=tuple(precisions) or lib.PRECISIONS, batches=tuple(batches),
+                             precisions=tuple(precisions) or NAMES, batches=tuple(batches),
                              warmup_s=warmup_s, min_iters=min_iters, min_time_s=min_time_s, end_to_end=end_to_end,
                              threads=threads, checkpoint=checkpoint, data=data, max_images=max_images, strict=strict)
     report = _run_with_progress(bundle, config)

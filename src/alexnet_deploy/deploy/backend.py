@@ -25,8 +25,9 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, safe_path, verify_artifact
+from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import one_ahead, preprocess_kept, softmax
-from alexnet_deploy.deploy.verify import ModelFacts, manifest_mismatches, onnx_metadata_props
+from alexnet_deploy.deploy.model_facts import ModelFacts, manifest_mismatches, onnx_metadata_props
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 # load(backend="auto") tries these in order and keeps the first that constructs.
 AUTO_ORDER: tuple[str, ...] = ("trt", "ort-cuda", "ort-cpu")
 
-# Max |logit - reference| we accept per precision, as a fraction of the reference's logit range.
-# Elementwise 1e-5 fails every sane fp16 build (a common complaint about other tools); task-level agreement is
-# what bench reports, this is only the conformance test's sanity bound. int8 is measured against the
-# Q/DQ model's own semantics (reference.int8.npz), not against fp32.
-TOLERANCE: dict[str, float] = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.05}
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ class Backend:
     """Base class: subclasses set ``name``/``precisions`` and implement ``_infer`` (and ``close``)."""
 
     name: ClassVar[str] = "base"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    precisions: ClassVar[tuple[str, ...]] = NAMES
     # GPU backends override synchronize(); bench calls it after every timed iteration.
     is_gpu: ClassVar[bool] = False
     _closed: bool = False

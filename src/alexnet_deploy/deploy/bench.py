@@ -34,6 +34,8 @@ from alexnet_deploy.deploy.backend import Backend, backend_class, check_manifest
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.precision import NAMES
+from alexnet_deploy.deploy.precision import precision as precision_row
 from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.system import system_facts
 from alexnet_deploy.deploy.lazy import require
@@ -42,7 +44,6 @@ from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataEr
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ov", "ort-cuda", "ort-tensorrt", "trt")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # trtexec warns above 2.5 % on a GPU with locked clocks; a shared CPU is noisier, so 10 %.
 CV_WARN = 0.10
 
@@ -52,7 +53,7 @@ class BenchConfig:
     """What to run; field names follow the CLI flags."""
 
     backends: tuple[str, ...] = DEFAULT_BACKENDS
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = NAMES
     batches: tuple[int, ...] = ()          # empty: (1, the bundle's max batch)
     warmup_s: float = 0.2
     min_iters: int = 10
@@ -409,8 +410,7 @@ def resolve_batches(config: BenchConfig, manifest: Manifest) -> tuple[int, ...]:
 def plan_pairs(config: BenchConfig) -> list[tuple[str, str]]:
     """(backend, precision) pairs to run; precisions a backend cannot run at all (pt fp16) are skipped."""
     for precision in config.precisions:
-        if precision not in PRECISIONS:
-            raise AlexNetDeployError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        precision_row(precision)  # an unknown name is refused, naming the flag
     pairs = []
     for name in dict.fromkeys(config.backends):
         supported = supported_precisions(name)

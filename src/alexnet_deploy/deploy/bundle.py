@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from alexnet_deploy.deploy.files import atomic_write_text, sha256_file
+from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import BundleError
 
@@ -24,7 +25,6 @@ MANIFEST_NAME = "manifest.json"
 # A real manifest is a few kB; anything near this is not one (and is not worth parsing).
 MAX_MANIFEST_BYTES = 16 << 20
 ARTIFACT_KINDS = ("onnx", "trt-plan", "npz")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Artifact:
         kind, precision = data.get("kind"), data.get("precision")
         if kind not in ARTIFACT_KINDS:
             raise BundleError(f"artifact {data.get('file')!r}: unknown kind {kind!r}; expected one of {ARTIFACT_KINDS}")
-        if precision not in PRECISIONS:
-            raise BundleError(f"artifact {data.get('file')!r}: unknown precision {precision!r}; expected one of {PRECISIONS}")
+        if precision not in NAMES:
+            raise BundleError(f"artifact {data.get('file')!r}: unknown precision {precision!r}; expected one of {NAMES}")
         return cls(file=str(data["file"]), kind=kind, precision=precision, sha256=str(data["sha256"]),
                    bytes=int(data["bytes"]), built_with=dict(data.get("built_with") or {}))
 

@@ -22,7 +22,6 @@ Nothing is unpickled: ``reference.npz`` is read with ``allow_pickle=False``. No 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -32,11 +31,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
-from alexnet_deploy.deploy.compare import compare_logits
+from alexnet_deploy.deploy.compare import Threshold, compare_logits, cosine_rows
 from alexnet_deploy.deploy.cpu import CpuFeatures
 from alexnet_deploy.deploy.cpu import detect as detect_cpu
+from alexnet_deploy.deploy.model_facts import ModelFacts, manifest_mismatches, onnx_metadata_props, read_model_facts
+from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, resize_and_crop, to_chw_float
-from alexnet_deploy.deploy.lazy import optional
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,6 @@ PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
 RAW_KEYS = ("raw_crops", "images")
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """Minimum top-1 agreement and mean cosine similarity with the torch logits."""
-
-    min_agreement: float
-    min_cosine: float
-
-
-# fp32 on TensorRT uses TF32 by default on Ampere/Orin, hence not 1e-6-tight; fp16 and int8 are
-# judged on decisions first (agreement) and on the logits' direction second (cosine).
-THRESHOLDS: dict[str, Threshold] = {
-    "fp32": Threshold(min_agreement=0.99, min_cosine=0.9999),
-    "fp16": Threshold(min_agreement=0.95, min_cosine=0.999),
-    "int8": Threshold(min_agreement=0.85, min_cosine=0.98),
-}
 # A device's int8 logits against the int8 model's own semantics (reference.int8.npz). Correct
 # kernels differ from it only by rounding ties in requantization (measured on the demo and test
 # bundles: mean cosine >= 0.99998, 100 % agreement); saturating kernels (an emulated AVX2-only CPU,
@@ -109,14 +94,6 @@ class VerifyReport:
 
 
 # --------------------------------------------------------------------------- the numbers
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity in float64 (1.0 for two all-zero rows)."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    num = np.sum(a * b, axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 1.0, 0.0))
-
 
 def judge_logits(reference: np.ndarray, logits: np.ndarray, threshold: Threshold, target: str) -> Check:
     """Compare a backend's logits with the torch reference; pass when both thresholds hold."""
@@ -224,122 +201,6 @@ def check_raw_preprocessing(reference: Reference, spec: PreprocessSpec) -> Check
 
 # --------------------------------------------------------------------------- manifest vs model
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What an ONNX file says about itself: I/O names and shapes (batch dim dropped; None when
-    neither onnxruntime nor onnx is installed to read them) and its metadata_props."""
-
-    input_name: str | None
-    input_shape: tuple
-    output_name: str | None
-    output_shape: tuple
-    metadata: dict[str, str]
-
-
-def _varint(fh) -> int:
-    value = shift = 0
-    while True:
-        byte = fh.read(1)
-        if not byte:
-            raise ValueError("truncated varint")
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-
-
-def onnx_metadata_props(path: Path) -> dict[str, str]:
-    """``ModelProto.metadata_props`` (field 14) read straight from the protobuf wire format.
-
-    Only the top level is walked and every other field is skipped by its length, so this reads a
-    few bytes of a 250 MB model and needs neither onnx nor onnxruntime (a TensorRT-only Jetson)."""
-    props: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        end = os.fstat(fh.fileno()).st_size
-        while fh.tell() < end:
-            key = _varint(fh)
-            field_no, wire = key >> 3, key & 7
-            if wire == 0:
-                _varint(fh)
-            elif wire in (1, 5):
-                fh.seek(8 if wire == 1 else 4, 1)
-            elif wire == 2:
-                size = _varint(fh)
-                if field_no == 14:   # StringStringEntryProto {1: key, 2: value}
-                    entry = _entry(fh.read(size))
-                    props[entry.get(1, "")] = entry.get(2, "")
-                else:
-                    fh.seek(size, 1)
-            else:
-                raise ValueError(f"unexpected protobuf wire type {wire}; not an ONNX model")
-    return props
-
-
-def _entry(data: bytes) -> dict[int, str]:
-    import io
-
-    fields, buf = {}, io.BytesIO(data)
-    while buf.tell() < len(data):
-        key = _varint(buf)
-        if key & 7 != 2:
-            raise ValueError("malformed metadata entry")
-        fields[key >> 3] = buf.read(_varint(buf)).decode("utf-8", errors="replace")
-    return fields
-
-
-def _model_io(path: Path) -> tuple:
-    """(input name, input dims, output name, output dims) via onnxruntime or onnx, else Nones."""
-    try:
-        from alexnet_deploy.deploy.onnxrt import import_ort
-
-        ort = import_ort()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        i, o = session.get_inputs()[0], session.get_outputs()[0]
-        return i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:])
-    except BackendUnavailable:
-        pass
-    onnx = optional("onnx")
-    if onnx is None:
-        return None, (), None, ()
-    graph = onnx.load(str(path)).graph
-
-    def dims(value) -> tuple:
-        return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim)
-
-    inits = {t.name for t in graph.initializer}
-    inp = next(v for v in graph.input if v.name not in inits)
-    return inp.name, dims(inp)[1:], graph.output[0].name, dims(graph.output[0])[1:]
-
-
-def read_model_facts(path: Path) -> ModelFacts:
-    """I/O and metadata of an ONNX file (see ModelFacts)."""
-    return ModelFacts(*_model_io(path), metadata=onnx_metadata_props(path))
-
-
-def manifest_mismatches(manifest: Manifest, facts: ModelFacts) -> list[str]:
-    """Where the manifest disagrees with the model it lists (empty = consistent)."""
-    problems = []
-    for which, spec, name, shape in (("input", manifest.input, facts.input_name, facts.input_shape),
-                                     ("output", manifest.output, facts.output_name, facts.output_shape)):
-        if name is None:
-            continue
-        if spec.name != name:
-            problems.append(f"{which} name {spec.name!r} but the model's is {name!r}")
-        if tuple(spec.shape[1:]) != tuple(shape):
-            problems.append(f"{which} shape {list(spec.shape[1:])} but the model's is {list(shape)}")
-    if "classes" in facts.metadata and json.loads(facts.metadata["classes"]) != list(manifest.classes):
-        problems.append("classes differ from the ones stored in the model (renamed or reordered labels)")
-    if "preprocess" in facts.metadata:
-        stored = PreprocessSpec.from_dict(json.loads(facts.metadata["preprocess"]))
-        if stored != manifest.preprocess:
-            changed = [k for k, v in stored.to_dict().items() if manifest.preprocess.to_dict()[k] != v]
-            problems.append(f"preprocess {', '.join(changed)} differ from the model's "
-                            f"({', '.join(f'{k}={stored.to_dict()[k]}' for k in changed)})")
-    return problems
-
-
 def check_model_metadata(bundle: Path, manifest: Manifest) -> list[Check]:
     """The manifest against each ONNX it lists (the models are covered by their sha256): the
     classes and preprocessing stored in every model, and the fp32 model's I/O names and shapes."""
@@ -405,7 +266,7 @@ def _judge_int8(reference: Reference, logits: np.ndarray, target: str, provider:
     detail = f"{provider}; vs the int8 model's own semantics ({INT8_REFERENCE_FILE}): {oracle.detail}"
     if oracle.status == FAIL:
         detail += f". {INT8_ORACLE_ADVICE}"
-    vs_fp32 = judge_logits(reference.logits, logits, THRESHOLDS["int8"], target)
+    vs_fp32 = judge_logits(reference.logits, logits, PRECISIONS["int8"].golden, target)
     info = dataclasses.replace(vs_fp32, check="golden vs fp32", status=INFO,
                                detail=f"int8 against the torch fp32 logits (information: quantization error, "
                                       f"judged at calibration); {len(logits)} images")
@@ -414,7 +275,7 @@ def _judge_int8(reference: Reference, logits: np.ndarray, target: str, provider:
 
 def _default_precisions(manifest: Manifest) -> list[str]:
     have = {a.precision for a in manifest.artifacts if a.kind in ("onnx", "trt-plan")}
-    return [p for p in ("fp32", "fp16", "int8") if p in have]
+    return [p for p in NAMES if p in have]
 
 
 # --------------------------------------------------------------------------- the whole check
@@ -446,7 +307,7 @@ def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",)
                   precisions: Sequence[str] | None = None, *, thresholds: dict[str, Threshold] | None = None,
                   on_check: Callable[[Check], None] | None = None) -> VerifyReport:
     """Check a bundle directory or packed archive; every check becomes a row (see module docstring)."""
-    thresholds = {**THRESHOLDS, **(thresholds or {})}
+    thresholds = {name: row.golden for name, row in PRECISIONS.items()} | (thresholds or {})
     unknown = [p for p in precisions or () if p not in thresholds]
     if unknown:
         raise AlexNetDeployError(f"--precision {unknown[0]!r}: expected one of {sorted(thresholds)}")

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_deploy.deploy.compare import Parity, Tolerance, require_parity
 from alexnet_deploy.deploy.files import atomic_path
 from alexnet_deploy.deploy.onnxrt import cpu_logits, cpu_session
+from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.errors import MissingDependency
-from alexnet_deploy.export import parity
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Fp16Result:
 
     path: Path
     kept_fp32: tuple[Overflow, ...]
-    parity: parity.Parity
+    parity: Parity
     margin: float
 
 
@@ -146,7 +147,7 @@ def fold_cast_round_trips(model, blocked: set[str]) -> int:
 
 def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: np.ndarray,
             fp32_logits: np.ndarray, *, margin: float = DEFAULT_MARGIN,
-            tol: parity.Tolerance = parity.FP16) -> Fp16Result:
+            tol: Tolerance = PRECISIONS["fp16"].export) -> Fp16Result:
     """Write the fp16 model of ``fp32_path`` to ``out_path`` and check it against ``fp32_logits``."""
     import onnx
 
@@ -165,7 +166,7 @@ def convert(fp32_path: str | os.PathLike, out_path: str | os.PathLike, inputs: n
     fold_cast_round_trips(fp16, {k.node for k in kept})
     with atomic_path(out_path) as tmp:
         onnx.save_model(fp16, str(tmp))
-        result = parity.require(fp32_logits, cpu_logits(tmp, inputs), tol, f"fp16 ONNX vs fp32 ONNX ({fp32_path})")
+        result = require_parity(fp32_logits, cpu_logits(tmp, inputs), tol, f"fp16 ONNX vs fp32 ONNX ({fp32_path})")
     return Fp16Result(path=Path(out_path), kept_fp32=tuple(kept), parity=result, margin=margin)
 
 

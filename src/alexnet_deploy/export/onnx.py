@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from alexnet_deploy.deploy.compare import check_parity, require_parity
 from alexnet_deploy.deploy.graph_lrn import FORMULATIONS as GRAPH_FORMULATIONS
 from alexnet_deploy.deploy.graph_lrn import rewrite_lrn
 from alexnet_deploy.deploy.lazy import optional
 from alexnet_deploy.deploy.onnxrt import cpu_logits
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
-from alexnet_deploy.export import parity
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ DEFAULT_OPSET = 18  # what torch 2.14's dynamo exporter emits natively; 17 (Tens
 MIN_OPSET = 13  # LRN-13, dynamic Reshape/Gemm; older opsets are not worth supporting
 EXPORTER = "torch.onnx.export(dynamo=True)"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+_FP32 = PRECISIONS["fp32"].export  # the exported graph against PyTorch
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_l
     lrn_nodes = sum(1 for n in proto.graph.node if n.op_type == "LRN")  # after any graph rewrite
     _set_metadata(proto, metadata)
     _full_check(proto, "exported model")
-    result = parity.require(torch_logits, cpu_logits(proto, inputs), parity.FP32,
+    result = require_parity(torch_logits, cpu_logits(proto, inputs), _FP32,
                             f"fp32 ONNX vs PyTorch ({EXPORTER}, opset {opts.opset})")
     report = {"onnx_vs_torch": result.to_dict()}
     simplified = False
@@ -97,13 +99,13 @@ def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_l
         if slim is not None:
             _set_metadata(slim, metadata)
             _full_check(slim, "simplified model")
-            check = parity.compare(torch_logits, cpu_logits(slim, inputs), parity.FP32)
+            check = check_parity(torch_logits, cpu_logits(slim, inputs), _FP32)
             report["simplified_vs_torch"] = check.to_dict()
             if check.passed:
                 proto, simplified = slim, True
             else:
                 log.warning("onnxslim changed the model's outputs (%s); keeping the unsimplified export",
-                            check.failure("simplified ONNX", parity.FP32))
+                            check.failure("simplified ONNX", _FP32))
     return OnnxExport(model=proto, lrn_nodes=lrn_nodes, simplified=simplified, parity=report, pools=tuple(pools))
 
 

@@ -27,9 +27,11 @@ from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, m
                                           safe_path, write_manifest)
 from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock
 from alexnet_deploy.deploy.onnxrt import cpu_logits
+from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.trt.builder import tensorrt_available
 from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
+from alexnet_deploy.deploy.verify import REFERENCE_FILE
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
 from alexnet_deploy.export import fp16
 from alexnet_deploy.export import inputs as vinputs
@@ -38,7 +40,7 @@ from alexnet_deploy.export.onnx import (DEFAULT_OPSET, EXPORTER, INPUT_NAME, MIN
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE, FP16_FILE, REFERENCE_FILE = "model.onnx", "model.fp16.onnx", "reference.npz"
+MODEL_FILE, FP16_FILE = PRECISIONS["fp32"].onnx_file, PRECISIONS["fp16"].onnx_file
 Progress = Callable[[str], None]
 
 
@@ -301,7 +303,7 @@ def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
 
 def build_engine_command(out: Path, manifest: Manifest) -> str:
     """The command that builds this bundle's engines on the target."""
-    flags = "".join(f" --{p}" for p in ("fp16", "int8") if manifest.artifact(p) is not None)
+    flags = "".join(f" --{p}" for p in NAMES[1:] if manifest.artifact(p) is not None)  # fp32 is the default
     return f"alexnet-deploy build-engine {out}{flags}"
 
 
@@ -327,7 +329,7 @@ def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -
 def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
     """Build through build-engine's own path (deploy/trt/engines.py): one cache record format, a child
     process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
-    precisions = [p for p in ("fp32", "fp16", "int8") if manifest.artifact(p) is not None]
+    precisions = [p for p in NAMES if manifest.artifact(p) is not None]
     try:
         results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch),
                                 on_event=lambda event: step(f"TensorRT {event.precision} {event.kind}: {event.message}"))

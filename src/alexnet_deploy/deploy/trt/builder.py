@@ -34,6 +34,7 @@ from typing import Any
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.cuda import GpuInfo, gpu_info
 from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text, sha256_file
+from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 ENGINE_DIR = "engines"
 SIDECAR_FORMAT = "alexnet-deploy-engine/1"
-PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FOR = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -106,27 +105,27 @@ def _strong_typing_opt_in(trt) -> bool:
 def choose_route(trt, manifest: Manifest, precision: str) -> BuildRoute:
     """Which ONNX and which typing/flags build ``precision`` on this TensorRT."""
     if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
+        raise ExportError(f"precision {precision!r} is unknown; expected one of {NAMES}")
+    row = PRECISIONS[precision]
     strong = _strong_typing_opt_in(trt) or trt_major(trt) >= 11
-    has = {p: manifest.artifact(p) is not None for p in PRECISIONS}
+    has = {p: manifest.artifact(p) is not None for p in NAMES}
     if precision == "fp32":
         # An fp32 ONNX builds fp32 (+TF32, TensorRT's default) with or without strong typing.
-        return BuildRoute("fp32", ONNX_FOR["fp32"], trt_major(trt) >= 11, ())
+        return BuildRoute("fp32", row.onnx_file, trt_major(trt) >= 11, ())
     if precision == "fp16":
         if has["fp16"] and strong:
-            return BuildRoute("fp16", ONNX_FOR["fp16"], True, (), "fp16-typed ONNX, strongly typed")
+            return BuildRoute("fp16", row.onnx_file, True, (), "fp16-typed ONNX, strongly typed")
         if _has_flag(trt, "FP16"):
             note = "fp32 ONNX + BuilderFlag.FP16 (guard nodes pinned to fp32 with precision constraints)"
-            return BuildRoute("fp16", ONNX_FOR["fp32"], False, ("FP16",), note)
+            return BuildRoute("fp16", PRECISIONS["fp32"].onnx_file, False, row.trt_builder_flags, note)
         raise ExportError(f"TensorRT {trt.__version__} builds fp16 only from an fp16-typed ONNX and the bundle "
                           "has no model.fp16.onnx: re-export with `alexnet-deploy export ... --fp16`")
     if not has["int8"]:
         raise ExportError("the bundle has no model.int8.onnx: run `alexnet-deploy calibrate BUNDLE --calib DIR` "
                           "(or export with --int8 --calib DIR) first")
     if strong:
-        return BuildRoute("int8", ONNX_FOR["int8"], True, (), "Q/DQ ONNX, strongly typed")
-    # 8.6: explicit Q/DQ still needs the INT8 flag; FP16 lets the unquantized layers use fp16.
-    return BuildRoute("int8", ONNX_FOR["int8"], False, ("INT8", "FP16"), "Q/DQ ONNX + INT8/FP16 flags (8.x)")
+        return BuildRoute("int8", row.onnx_file, True, (), "Q/DQ ONNX, strongly typed")
+    return BuildRoute("int8", row.onnx_file, False, row.trt_builder_flags, "Q/DQ ONNX + INT8/FP16 flags (8.x)")
 
 
 def network_flags(trt, route: BuildRoute) -> tuple[int, list[str]]:

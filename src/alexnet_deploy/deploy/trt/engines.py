@@ -36,7 +36,8 @@ from alexnet_deploy.deploy.cuda import check as cuda_check
 from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
 from alexnet_deploy.deploy.system import mem_available
 from alexnet_deploy.deploy.trt import import_tensorrt
-from alexnet_deploy.deploy.trt.builder import PRECISIONS, build_engine, choose_route
+from alexnet_deploy.deploy.precision import NAMES
+from alexnet_deploy.deploy.trt.builder import build_engine, choose_route
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError, ExportError
 
 log = logging.getLogger(__name__)
@@ -446,7 +447,7 @@ def _routes(trt, bundle: str | None) -> dict[str, str]:
     if not bundle:
         return {}
     manifest, routes = read_manifest(bundle), {}
-    for precision in PRECISIONS:
+    for precision in NAMES:
         try:
             routes[precision] = choose_route(trt, manifest, precision).onnx_file
         except ExportError:   # that precision cannot be built; engine_key reports it if asked for
