@@ -19,7 +19,7 @@ INSTALL: dict[str, str] = {
     "onnx": _ORT,
     "onnxruntime": _ORT,
     "openvino": "pip install 'alexnet-deploy[ov]'",
-    "tensorrt": ("on a Jetson use JetPack's python3-libnvinfer (make the venv with --system-site-packages); "
+    "TensorRT": ("on a Jetson use JetPack's python3-libnvinfer (make the venv with --system-site-packages); "
                  "on x86 pip install 'alexnet-deploy[tensorrt]'"),
     "cuda-python": "pip install 'alexnet-deploy[jetson]' (cuda-python matching the CUDA major version)",
     "torch": "pip install 'alexnet-deploy[train]'",

@@ -8,4 +8,4 @@ from alexnet_deploy.deploy.lazy import require
 
 def import_tensorrt() -> ModuleType:
     """``import tensorrt``, or MissingDependency saying where TensorRT comes from on this kind of machine."""
-    return require("tensorrt", package="tensorrt")
+    return require("tensorrt", package="TensorRT")
