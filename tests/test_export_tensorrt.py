@@ -1,6 +1,6 @@
 """TensorRT engine builder (deploy/trt/builder.py) against the STAND-IN tensorrt module.
 
-The stand-in (tests/stubs/tensorrt, written from ../shared/reference/tensorrt.md) reproduces the
+The stand-in (tests/stubs/tensorrt, written from the API summarized in docs/tensorrt.md) reproduces the
 8.6, 10.x and 11.x API surfaces and their documented rules. These tests prove that the builder
 asks each version for the right things (network flags, precision route, profile, workspace,
 timing cache, DLA, version compatibility) and reports parser errors by node. They CANNOT prove

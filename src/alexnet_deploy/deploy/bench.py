@@ -1,6 +1,6 @@
 """Latency and accuracy of every backend x precision x batch, in one table.
 
-Method (mirrors trtexec, reference/tensorrt.md §5): warm up by time, then time every iteration
+Method (mirrors trtexec; docs/tensorrt.md, "Timing"): warm up by time, then time every iteration
 (with a device sync for GPU backends) until both ``min_iters`` and ``min_time_s`` are reached;
 percentiles use trtexec's definition; throughput is images / host wall time of the timed loop.
 Model-only by default (a preprocessed batch already in memory); ``end_to_end`` adds JPEG decode
@@ -86,7 +86,7 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One backend x precision x batch (DESIGN §3 fields first, then extras)."""
+    """One backend x precision x batch (the fields of docs/architecture.md "Reports" first, then extras)."""
 
     backend: str
     precision: str
@@ -451,7 +451,7 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
 # ---- outputs ---------------------------------------------------------------------------------
 
 def write_json(report: BenchReport, path: str | os.PathLike) -> Path:
-    """The DESIGN §3 JSON: {"system": ..., "config": ..., "rows": [...]} (atomic write)."""
+    """The bench JSON: {"system": ..., "config": ..., "rows": [...]} (atomic write)."""
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     return Path(path)
 

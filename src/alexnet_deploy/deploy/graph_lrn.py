@@ -1,8 +1,9 @@
 """Rewrite ONNX ``LRN`` nodes into a form every runtime executes quickly, with the same numbers.
 
-AlexNet-2012's local response normalisation is the CPU hot spot: ONNX Runtime's ``LRN`` kernel and
-the exporter's Pad/AveragePool/Pow decomposition are both slow (DESIGN §5). This module replaces
-each ``LRN`` node of an exported graph by plain ops that every backend has fast kernels for::
+AlexNet-2012's local response normalisation is its CPU hot spot: ONNX Runtime's ``LRN`` kernel and
+the exporter's Pad/AveragePool/Pow decomposition are both slow (measurements: docs/lrn.md). This
+module replaces each ``LRN`` node of an exported graph by plain ops that every backend has fast
+kernels for::
 
     s = x * sqrt(alpha/size)                                  (scale first: see below)
     d = bias + sum_{c' in window(c)} s[c']^2                  (s*s, then a fixed banded 1x1 Conv of ones)
@@ -20,16 +21,11 @@ fp16).
 It works on the graph, not on the torch module, so it needs no torch and runs on an fp32 export,
 on the fp16 artifact and on a Q/DQ int8 model alike; export/onnx.py calls it after exporting native
 ``LRN`` nodes (export/torch_lrn.py) when the formulation is "conv". Every node and initializer it
-adds is named ``lrn_conv/<n>/...`` (:func:`rewritten_node_names`) so that the INT8 quantizer can keep
-them in float: ``d`` is a small correction added to the bias (2 in AlexNet), which an int8 grid
-over d's range would mostly round away. In an fp16 graph the new nodes compute in fp32 between two ``Cast`` nodes, so the fp16
-artifact's LRN gives the fp32 model's numbers. :func:`restore_lrn` undoes the rewrite for runtimes
-whose own LRN kernel is faster (OpenVINO; see deploy/backends/ov.py).
-
-Measured (benchmarks/cpu_latency.py, AlexNet-2012 227 px, 2-core Zen 4, batch 1): ONNX Runtime
-fp32 40.3 -> 26.7 ms and int8 23.8 -> 10.4 ms with this rewrite; alternatives measured per LRN
-layer: ``Pow`` instead of the square roots 1.5-2x slower, a 5x1 conv over a reshaped channel axis or
-an AveragePool over it 1.5-4x slower on the 96-channel LRN.
+adds is named ``lrn_conv/<n>/...`` (:data:`PREFIX`) so that the INT8 quantizer can keep them in
+float: ``d`` is a small correction added to the bias (2 in AlexNet), which an int8 grid over d's
+range would mostly round away. In an fp16 graph the new nodes compute in fp32 between two ``Cast``
+nodes, so the fp16 artifact's LRN gives the fp32 model's numbers. :func:`restore_lrn` undoes the
+rewrite for runtimes whose own LRN kernel is faster (OpenVINO; see deploy/backends/ov.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How ``nn.LocalResponseNorm`` enters the exported ONNX graph (torch side of the LRN choice).
 
 The dynamo exporter decomposes ``LocalResponseNorm`` into Pad/AveragePool/Pow/Div, which runs
-markedly slower than one ONNX ``LRN`` node (DESIGN §5) and which some converters cannot fuse back.
+markedly slower than one ONNX ``LRN`` node (docs/lrn.md) and which some converters cannot fuse back.
 Each formulation here is a function that returns an export-time replacement module for one LRN
 layer; ``FORMULATIONS`` maps the name recorded in the manifest (``export.lrn``) to it. Faster
 graph-level formulations (e.g. ``"conv"``: a banded 1x1 convolution for the cross-channel sum) are

@@ -1,7 +1,8 @@
 """STAND-IN for NVIDIA TensorRT's Python module — NOT TensorRT. For tests on machines without a GPU.
 
-Written from ../shared/reference/tensorrt.md (§0 version table, §1 build sequence, §1.2 config
-knobs, §1.3 profiles, §2 precision rules, §3 runtime API, §4.5 DLA, §6 no-GPU behaviour). It
+Written from TensorRT's documented Python API as summarized in docs/tensorrt.md (the version table,
+the build sequence, config knobs, profiles, precision rules, the runtime API, DLA and the behaviour
+without a GPU, each with its NVIDIA source). It
 reproduces the *API surface* of three TensorRT generations, chosen by ``FAKE_TRT_VERSION``
 (default ``10.3.0``) when the module is imported:
 
@@ -113,7 +114,7 @@ def _device_count() -> int:
 
 
 def _cuda_or_fail(logger) -> None:
-    # Real TensorRT without a usable driver: logs error 35 and pybind11 raises TypeError (§6).
+    # Real TensorRT without a usable driver: logs error 35 and pybind11 raises TypeError (docs/tensorrt.md).
     if _device_count() < 1:
         logger.log(Logger.WARNING, "CUDA initialization failure with error: 35. Please check your CUDA "
                                    "installation: http://docs.nvidia.com/cuda/cuda-installation-guide-linux/index.html")

@@ -1,4 +1,4 @@
-"""Stand-in build rules (reference/tensorrt.md §1.3, §2.1, §4.5) and the plan header they produce."""
+"""Stand-in build rules (profiles, precision flags, DLA; docs/tensorrt.md) and the plan header they produce."""
 
 from __future__ import annotations
 

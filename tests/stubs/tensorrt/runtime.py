@@ -1,13 +1,12 @@
 """STAND-IN runtime half of TensorRT (NOT TensorRT): Runtime, ICudaEngine, IExecutionContext.
 
-Name-based I/O API of 8.5+/10.x/11.x (reference/tensorrt.md §3): ``num_io_tensors``,
+Name-based I/O API of 8.5+/10.x/11.x (docs/tensorrt.md, "Runtime"): ``num_io_tensors``,
 ``get_tensor_name/mode/shape/dtype``, ``get_tensor_profile_shape``, ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``. "Device" addresses come from the fake cuda-python
 (ordinary host memory), so ``execute_async_v3`` reads the input at its address, runs the plan's
 embedded ONNX model with ONNX Runtime on the CPU and writes the real logits at the output address.
 That lets runtime tests check numbers and buffer handling end to end; it cannot prove anything
-about GPU kernels, precision on a GPU, asynchrony or speed. The runtime helper (issue 5) may
-extend this file.
+about GPU kernels, precision on a GPU, asynchrony or speed.
 """
 
 from __future__ import annotations

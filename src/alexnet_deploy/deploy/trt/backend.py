@@ -1,6 +1,6 @@
 """TensorRT backend: a plan from BUNDLE/engines/ through the named-tensor API (TRT 8.6 – 11).
 
-Buffers follow NVIDIA's cuda-python pattern (reference/tensorrt.md §3.3): pinned host buffers and
+Buffers follow NVIDIA's cuda-python sample pattern (docs/tensorrt.md, "Runtime"): pinned host buffers and
 device buffers sized for the bundle's max batch, one non-default stream, ``set_input_shape`` +
 ``set_tensor_address`` + ``execute_async_v3``, then a stream sync. The engine's JSON sidecar is
 checked against this machine's TensorRT version and GPU *before* deserializing, because a plan
@@ -59,7 +59,7 @@ def sidecar_facts(recorded: dict) -> DeviceFacts:
     return DeviceFacts(str(version or "?"), str(gpu_name or "?"), str(cc or "?"))
 
 
-# Cross-major loads a version-compatible plan supports (reference §4.1): TRT 8 VC plans on a TRT 10
+# Cross-major loads a version-compatible plan supports (TensorRT support matrix; docs/tensorrt.md): TRT 8 VC plans on a TRT 10
 # runtime and TRT 10 VC plans on TRT 11; within a major version, any newer runtime.
 _VC_CROSS_MAJOR = {(8, 10), (10, 11)}
 

@@ -1,7 +1,7 @@
 """Bundle ONNX -> TensorRT engine for the GPU this runs on. Never imports torch.
 
 One code path for TensorRT 8.6, 10.x and 11.x that branches on the version and on what the
-module has (reference/tensorrt.md §0, §7):
+module has (docs/tensorrt.md has the version table and its sources):
 
 - network flags: EXPLICIT_BATCH below 10 (the ONNX parser needs it; ignored in 10, removed in 11);
   STRONGLY_TYPED on 10.x when the precision lives in the ONNX (fp16-typed or Q/DQ); nothing on

@@ -1,6 +1,7 @@
 """STAND-IN for cuda-python's runtime API (``cuda.bindings.runtime``) — NOT the real package.
 
-Written for tests on machines without an NVIDIA GPU, from reference/tensorrt.md §3.3 and §6. It
+Written for tests on machines without an NVIDIA GPU, from cuda-python's documented API and NVIDIA's
+samples (docs/tensorrt.md, "Runtime" and "Without a GPU"). It
 follows cuda-python's calling convention (every call returns a tuple whose first item is a
 ``cudaError_t``), but "device" memory is ordinary host memory: ``cudaMalloc`` returns the address
 of a numpy buffer and copies are ``ctypes.memmove``. It proves that callers check errors, pass
@@ -55,7 +56,7 @@ def _devices() -> int:
 
 
 def _no_device():
-    # cuda-bindings without a driver reports InsufficientDriver (35) (reference/tensorrt.md §6).
+    # cuda-bindings without a driver reports InsufficientDriver (35) (docs/tensorrt.md, "Without a GPU").
     return cudaError_t.cudaErrorInsufficientDriver
 
 
