@@ -127,6 +127,20 @@ def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = Fals
     return path
 
 
+def make_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the output directory ``path`` (or reuse it) and prove a file can be created in it, so
+    a run fails before its work, naming ``flag``, rather than after."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise AlexNetDeployError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
+                                 "choose a writable directory") from exc
+    return path
+
+
 def public_dir_mode(path: str | os.PathLike) -> None:
     """Give a directory made by mkdtemp (0700) the mode a plain mkdir would: an unpacked bundle
     must be readable by the service user that runs it."""

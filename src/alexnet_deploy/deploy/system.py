@@ -39,10 +39,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that change bench numbers (absent ones are left out)."""
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (by default the packages that change bench numbers); absent
+    ones are left out."""
     found = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

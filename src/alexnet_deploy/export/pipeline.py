@@ -16,7 +16,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +24,11 @@ import numpy as np
 
 from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
                                           safe_path, write_manifest)
-from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock
+from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock, make_writable_dir
 from alexnet_deploy.deploy.onnxrt import cpu_logits
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.deploy.system import package_versions
 from alexnet_deploy.deploy.trt.builder import tensorrt_available
 from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
 from alexnet_deploy.deploy.verify import REFERENCE_FILE
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE, FP16_FILE = PRECISIONS["fp32"].onnx_file, PRECISIONS["fp16"].onnx_file
 Progress = Callable[[str], None]
+# The packages whose versions change an export's numbers, recorded in the manifest.
+_EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "numpy")
 
 
 @dataclass(frozen=True)
@@ -166,13 +168,7 @@ def prepare_out_dir(out: Path) -> Path:
     if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise ExportError(f"--out {out}: directory is not empty and holds no bundle; choose a new or empty "
                           "directory (export only overwrites an earlier bundle)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise ExportError(f"--out {out}: cannot write there ({exc.strerror or exc})") from exc
-    return out
+    return make_writable_dir(out, "--out")
 
 
 def forget_old_bundle(out: Path) -> None:
@@ -240,17 +236,9 @@ def _write_reference(path: Path, vset: vinputs.VerificationSet, logits: np.ndarr
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
     from alexnet_deploy import __version__
 
-    found = {"alexnet_deploy": __version__}
-    for dist in ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "numpy"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    return {"alexnet_deploy": __version__, **package_versions(_EXPORT_PACKAGES)}
 
 
 def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vset: vinputs.VerificationSet,
