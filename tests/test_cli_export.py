@@ -45,6 +45,7 @@ def test_torchvision_state_dict_with_module_prefix_exports(torchvision_state_dic
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arch"] == "torchvision" and manifest["input"]["shape"] == [-1, 3, 64, 64]
     assert manifest["export"]["lrn_nodes"] == 0 and manifest["parity"]["fp32"]["onnx_vs_torch"]["passed"]
+    assert "LRN none (the model has no LRN layers)" in result.stdout
     assert manifest["classes"] == ["class_0", "class_1", "class_2"]
     engines = manifest["export"]["engines"]
     if engines["status"] == "skipped":

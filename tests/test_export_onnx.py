@@ -172,7 +172,8 @@ def test_export_at_227_px_random_weights(trained: dict, tmp_path: Path) -> None:
                      size=227)
     manifest = export_bundle(ckpt, tmp_path / "b227", verify_count=4, engines=False)
     assert manifest.input.shape == (-1, 3, 227, 227)
-    assert manifest.export["lrn"] == "conv" and manifest.export["lrn_nodes"] == 0, "conv LRN is the default"
+    assert manifest.export["lrn"] == "conv", "conv LRN is the default"
+    assert manifest.export["lrn_nodes"] == 0 and manifest.export["lrn_layers"] == 2
     assert manifest.parity["fp32"]["onnx_vs_torch"]["passed"]
 
 

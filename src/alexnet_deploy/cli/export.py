@@ -30,7 +30,7 @@ def _summary(manifest, out: Path, seconds: float) -> None:
         table.add_row(escape(art.file), art.precision, f"{art.bytes / 1e6:.1f}", text)
     console.print(table)
     console.print(f"verified on {parity.get('n')} {escape(str(parity.get('source')))} inputs; opset {manifest.export.get('opset')}, "
-                  f"LRN {manifest.export.get('lrn')} ({manifest.export.get('lrn_nodes')} nodes)")
+                  f"LRN {_lrn_summary(manifest.export)}")
     for item in manifest.export.get("fp16", {}).get("kept_fp32", []):
         console.print(f"[yellow]fp16 overflow guard kept {escape(item['node'])} ({item['op_type']}) in fp32: "
                       f"{escape(item['reason'])}")
@@ -46,6 +46,16 @@ def _summary(manifest, out: Path, seconds: float) -> None:
                       "Build them on the target with:")
         # Plain and unwrapped, so the command can be copied as is.
         click.echo(f"  {engines.get('command')}")
+
+
+def _lrn_summary(export: dict) -> str:
+    """How the model's LRN layers are in the graph: "conv (2 layers rewritten)", "native (2 ONNX LRN nodes)"."""
+    form, layers = export.get("lrn"), export.get("lrn_layers")
+    if layers == 0:
+        return "none (the model has no LRN layers)"
+    if form == "native":
+        return f"native ({export.get('lrn_nodes')} ONNX LRN nodes)"
+    return f"{form} ({layers} layers rewritten)" if layers is not None else str(form)
 
 
 @cli.command()

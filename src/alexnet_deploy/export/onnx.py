@@ -57,7 +57,8 @@ class OnnxExport:
     """What export_onnx produced: the verified model and how it was made."""
 
     model: Any  # onnx.ModelProto
-    lrn_nodes: int
+    lrn_nodes: int  # ONNX LRN nodes left in the graph (0 once rewritten)
+    lrn_layers: int  # the model's LocalResponseNorm layers
     simplified: bool
     pools: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
@@ -106,7 +107,8 @@ def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_l
             else:
                 log.warning("onnxslim changed the model's outputs (%s); keeping the unsimplified export",
                             check.failure("simplified ONNX", _FP32))
-    return OnnxExport(model=proto, lrn_nodes=lrn_nodes, simplified=simplified, parity=report, pools=tuple(pools))
+    return OnnxExport(model=proto, lrn_nodes=lrn_nodes, lrn_layers=lrn_count, simplified=simplified, parity=report,
+                      pools=tuple(pools))
 
 
 def _torch_export(model, crop: int, opts: OnnxOptions):

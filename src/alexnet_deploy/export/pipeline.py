@@ -252,7 +252,7 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
     parity_report: dict[str, Any] = {"source": vset.source, "n": len(vset.inputs), "folder": vset.folder,
                                      "fp32": fp32.parity}
     export_info: dict[str, Any] = {
-        "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_nodes": fp32.lrn_nodes,
+        "exporter": EXPORTER, "opset": cfg.opset, "lrn": cfg.lrn, "lrn_layers": fp32.lrn_layers, "lrn_nodes": fp32.lrn_nodes,
         "simplified": fp32.simplified, "adaptive_pool": list(fp32.pools), "image_size": spec.crop,
         "max_batch": cfg.max_batch,
         "dynamic_batch": True, "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
