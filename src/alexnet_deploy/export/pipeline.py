@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alexnet_deploy.calibration import calibrate_bundle
+from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS
 from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
                                           safe_path, write_manifest)
 from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock, make_writable_dir
@@ -66,8 +68,8 @@ class ExportConfig:
     lrn: str = "conv"
     verify_count: int = 32
     # int8 weights: 7 bits are computed exactly by every CPU's int8 kernels; 8 only by TensorRT and
-    # CPUs with VNNI/AMX/ARM dot products (deploy/cpu.py).
-    weight_bits: int = 7
+    # CPUs with VNNI/AMX/ARM dot products (docs/int8.md).
+    weight_bits: int = DEFAULT_WEIGHT_BITS
 
     def __post_init__(self) -> None:
         # Python callers may pass folders as str; the CLI passes Paths.
@@ -276,11 +278,6 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
 
 def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
     """INT8 is the calibration package's job; export only hands it the bundle it just wrote."""
-    try:
-        from alexnet_deploy.calibration import calibrate_bundle
-    except ImportError as exc:
-        raise ExportError(f"--int8: INT8 calibration is not available in this install ({exc}); the fp32/fp16 "
-                          f"bundle is written: run `alexnet-deploy calibrate {out} --calib {cfg.calib_dir}`") from exc
     step(f"calibrating INT8 on {cfg.calib_dir}")
     # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
     # not used for calibration.
