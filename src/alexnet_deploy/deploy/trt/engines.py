@@ -35,8 +35,8 @@ from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, read
 from alexnet_deploy.deploy.cuda import check as cuda_check
 from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
 from alexnet_deploy.deploy.system import mem_available
-from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.deploy.precision import NAMES
+from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.deploy.trt.builder import build_engine, choose_route
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError, ExportError
 
