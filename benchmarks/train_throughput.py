@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from alexnet_deploy.alexnet.data import BatchStream, StreamedSet, decode_train, resolve_splits, train_spec
+from alexnet_deploy.alexnet.data import BatchStream, StreamedSet, decode_eval, resolve_splits, train_spec
 from alexnet_deploy.alexnet.model import build_model
 from alexnet_deploy.alexnet.train import TrainConfig, TrainProgress, DistContext, make_optimizer, make_scheduler, train_one_epoch
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
@@ -59,7 +59,7 @@ def main() -> None:
                          arch=args.arch).resolved()
     splits = resolve_splits(args.data, val_split=0.1, max_per_class=args.images_per_class)
     t0 = time.perf_counter()
-    cache = decode_train(splits.train, config.resize, workers=2)
+    cache = decode_eval(splits.train, train_spec(config.resize), workers=2)   # as train.py decodes it
     decode_s = time.perf_counter() - t0
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
     stream = BatchStream(cache, args.batch_size, spec, augment="crop-flip", shuffle=True)

@@ -17,13 +17,8 @@ from pathlib import Path
 
 from alexnet_deploy.deploy import load
 from alexnet_deploy.deploy.pack import open_bundle
-from alexnet_deploy.deploy.preprocess import is_image_file
+from alexnet_deploy.deploy.preprocess import image_files
 from alexnet_deploy.errors import AlexNetDeployError
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every image under ``folder`` (recursively), sorted, hidden files skipped."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="images decoded and classified per step")
     args = parser.parse_args(argv)
 
-    files = image_files(args.folder)
-    if not files:
-        print(f"no images found under {args.folder}", file=sys.stderr)
-        return 1
     try:
+        files = image_files([args.folder])   # recursive, sorted, hidden skipped; an error when there are none
         bundle = open_bundle(args.bundle)   # checks every artifact's sha256 (and extracts an archive)
         with load(bundle, backend=args.backend, precision=args.precision) as model:
             print(f"# {model.describe()} on {len(files)} images")

@@ -20,6 +20,7 @@ import runtime_bundle
 from conftest import scratch_dir
 from alexnet_deploy.deploy import Prediction, load
 from alexnet_deploy.deploy.backend import Backend, resolve_backend
+from alexnet_deploy.deploy.bundle import read_manifest
 from alexnet_deploy.deploy.compare import Threshold
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.verify import INT8_ORACLE, INT8_REFERENCE_FILE, judge_logits
@@ -169,6 +170,21 @@ def test_pt_refuses_a_checkpoint_that_is_not_the_exported_one(bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BackendUnavailable, match="gone.pt.*not found.*--checkpoint"):
         load(copy, backend="pt")
+
+
+def test_a_checkpoint_runs_on_pt_with_its_own_metadata(bundle, reference, tmp_path):
+    """load(CHECKPOINT), what `predict CHECKPOINT` runs: no bundle, the checkpoint's classes and
+    preprocessing, the exported model's logits."""
+    checkpoint = bundle.parent / "model.pt"
+    with load(checkpoint) as model:   # "auto" on a checkpoint is pt: no other backend has a model for it
+        assert model.name == "pt" and model.checkpoint == checkpoint and model.model_bytes > 0
+        assert model.manifest.classes == runtime_bundle.CLASSES
+        assert model.manifest.preprocess == read_manifest(bundle).preprocess
+        _check_against_reference(model, *reference, "fp32")
+    with pytest.raises(AlexNetDeployError, match="is a checkpoint: it runs on the pt backend, not 'ort'"):
+        load(checkpoint, backend="ort")
+    with pytest.raises(AlexNetDeployError, match="nope.pt: no such bundle directory, packed bundle or checkpoint"):
+        load(tmp_path / "nope.pt")
 
 
 # ---- trt, against the stand-in tensorrt + cuda-python (tests/stubs) ------------------------------

@@ -105,3 +105,5 @@ def test_predict_accepts_a_bundle_and_backend(bundle, tmp_path_factory):
     result = CliRunner().invoke(cli, ["predict", str(bundle / "manifest.json"), str(folder), "--backend", "ort"],
                                 obj={})
     assert result.exit_code == 2 and "--backend needs a bundle SOURCE" in result.output
+    result = CliRunner().invoke(cli, ["predict", str(bundle), str(folder), "--num-classes", "3"], obj={})
+    assert result.exit_code == 2 and "--arch and --num-classes describe a checkpoint SOURCE" in result.output

@@ -52,6 +52,9 @@ def test_predict_table_and_json(trained):
         probs = [t["probability"] for t in row["top"]]
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
         assert {t["class"] for t in row["top"]} == {"class_0", "class_1", "class_2"}
+    pinned = CliRunner().invoke(cli, ["predict", str(trained / "run" / "best.pt"), str(trained / "data" / "class_0"),
+                                      "--json", "--topk", "3", "--backend", "pt"])
+    assert pinned.exit_code == 0 and json.loads(pinned.output) == rows   # a checkpoint's "auto" is pt
 
 
 def test_predict_errors_are_one_line(trained, tmp_path):

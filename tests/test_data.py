@@ -14,7 +14,7 @@ from conftest import write_image_folder
 torch = pytest.importorskip("torch")
 
 from alexnet_deploy.alexnet.data import (  # noqa: E402
-    BatchStream, StreamedSet, choose_cache, crop_flip, decode_eval, decode_train, ram_budget, random_resized_crop,
+    BatchStream, StreamedSet, choose_cache, crop_flip, decode_eval, ram_budget, random_resized_crop,
     resolve_splits, stratified_split, train_spec)
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess  # noqa: E402
 from alexnet_deploy.errors import DataError  # noqa: E402
@@ -49,7 +49,7 @@ def test_odd_files_are_decoded_or_skipped_and_counted(tmp_path):
     names = sorted(p.name for p, _ in samples if p.parent.name == "odd")
     assert names == ["cmyk.jpg", "empty.jpg", "gray.bmp", "palette.png", "rgba.png", "tiff.tif",
                      "truncated.jpg", "webp.webp"]  # hidden file and .txt ignored
-    decoded = decode_train(samples, 36)
+    decoded = decode_eval(samples, train_spec(36))
     assert len(decoded) == len(samples) - 2
     assert decoded.images.shape == (len(samples) - 2, 3, 36, 36) and decoded.images.dtype == torch.uint8
     assert sorted(Path(s.path).name for s in decoded.skipped) == ["empty.jpg", "truncated.jpg"]
@@ -60,7 +60,7 @@ def test_strict_makes_bad_files_fatal(tmp_path):
     root = _odd_folder(tmp_path / "data")
     _, samples = list_class_folder(root)
     with pytest.raises(DataError, match=r"(empty|truncated)\.jpg.*--strict"):
-        decode_train(samples, 36, strict=True)
+        decode_eval(samples, train_spec(36), strict=True)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -171,7 +171,7 @@ def test_random_resized_crop_shapes_and_range():
 def test_batch_stream_shards_are_disjoint_and_equal(tmp_path):
     root = write_image_folder(tmp_path / "data", classes=2, per_class=7, size=36)
     _, samples = list_class_folder(root)
-    data = decode_train(samples, 36)
+    data = decode_eval(samples, train_spec(36))
     spec = PreprocessSpec(resize=36, crop=32)
     shards = [BatchStream(data, 4, spec, shuffle=True, seed=3, rank=r, world=2).indices() for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 7
@@ -189,7 +189,7 @@ def test_streamed_set_gives_the_same_batches_as_the_ram_cache(tmp_path):
     root = write_image_folder(tmp_path / "data", classes=2, per_class=7, size=40)
     _, samples = list_class_folder(root)
     spec = PreprocessSpec(resize=36, crop=32)
-    cached = BatchStream(decode_train(samples, 36), 4, spec, augment="crop-flip", shuffle=True, seed=5)
+    cached = BatchStream(decode_eval(samples, train_spec(36)), 4, spec, augment="crop-flip", shuffle=True, seed=5)
     streamed = BatchStream(StreamedSet(samples, train_spec(36)), 4, spec, augment="crop-flip", shuffle=True, seed=5)
     pairs = list(zip(cached, streamed))
     assert len(pairs) == 4

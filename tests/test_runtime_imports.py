@@ -64,6 +64,11 @@ def test_load_infer_and_bench_without_torch(tmp_path_factory):
             pt = "loaded"
         except MissingDependency as exc:
             pt = str(exc)
+        try:
+            load({str(bundle.parent / "model.pt")!r})
+            checkpoint = "loaded"
+        except MissingDependency as exc:
+            checkpoint = str(exc)
         report = run_bench({str(bundle)!r}, BenchConfig(backends=("pt", "ort"), precisions=("fp32",), batches=(1,),
                            data={str(images)!r}, warmup_s=0.01, min_iters=2, min_time_s=0.01))
         rows = [(r.backend, r.status, r.reference, r.agreement) for r in report.rows]
@@ -72,10 +77,11 @@ def test_load_infer_and_bench_without_torch(tmp_path_factory):
             cli.main(["predict", {str(bundle)!r}, {str(images / "class_0")!r}, "--json"], standalone_mode=False, obj={{}})
         except SystemExit as exc:
             assert not exc.code, exc.code
-        print(json.dumps({{"shape": list(logits.shape), "pt": pt, "rows": rows,
+        print(json.dumps({{"shape": list(logits.shape), "pt": pt, "checkpoint": checkpoint, "rows": rows,
                           "torch": sys.modules.get("torch") is not None}}))
     """)
     assert result["shape"] == [2, 3] and result["torch"] is False
     assert "torch is not installed" in result["pt"]
+    assert "torch is not installed (running the checkpoint" in result["checkpoint"]
     assert result["rows"][0][:2] == ["pt", "unavailable"]
     assert result["rows"][1] == ["ort", "ok", "ort fp32", 1.0]

@@ -1,4 +1,5 @@
-"""PyTorch backend: the fp32 reference, from the checkpoint the bundle was exported from.
+"""PyTorch backend: the fp32 reference, from the checkpoint the bundle was exported from, or from
+a checkpoint alone (``load("best.pt")``, what ``alexnet-deploy predict CHECKPOINT`` runs).
 
 The only runtime module allowed to import torch, and only inside the constructor, so the rest of
 the runtime stays importable on a device without torch (where this backend reports itself
@@ -10,44 +11,73 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend
+from alexnet_deploy.deploy.bundle import Manifest, TensorSpec
 from alexnet_deploy.deploy.files import sha256_file
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import BackendUnavailable, CheckpointError
 
+if TYPE_CHECKING:
+    from alexnet_deploy.alexnet.checkpoint import LoadedCheckpoint
+
 log = logging.getLogger(__name__)
+
+# The exporter's tensor names (export/onnx.py); pt runs no graph, so here they only label the shapes.
+_INPUT_NAME, _OUTPUT_NAME = "input", "logits"
 
 
 class PtBackend(Backend):
-    """Eval-mode PyTorch model on the CPU; ``checkpoint`` overrides manifest.provenance.checkpoint_path."""
+    """Eval-mode PyTorch model on the CPU; ``checkpoint`` overrides manifest.provenance.checkpoint_path.
+
+    ``loaded`` is a checkpoint ``from_checkpoint`` has already read, so the file is loaded once."""
 
     name = "pt"
     precisions = ("fp32",)
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *,
-                 checkpoint: str | os.PathLike | None = None, **options) -> None:
+                 checkpoint: str | os.PathLike | None = None, loaded: LoadedCheckpoint | None = None,
+                 **options) -> None:
         options.pop("provider", None)  # an ort-only option; accepted so load(..., provider=) works on auto
         options.pop("allow_unsafe_int8", None)  # pt runs no int8
         super().__init__(bundle, precision, **options)
         torch = require("torch", package="torch", needed_for="the pt reference backend")
-        path = self._checkpoint_path(checkpoint)
-        self._check_sha(path)
-        from alexnet_deploy.alexnet.checkpoint import load_checkpoint
-
-        try:
-            loaded = load_checkpoint(path, classes=self.manifest.classes)
-        except CheckpointError as exc:
-            raise BackendUnavailable(f"pt reference unusable: {exc}") from exc
+        if loaded is None:
+            loaded = self._load_exported(checkpoint)
         if self.threads:
             torch.set_num_threads(int(self.threads))
         self._torch = torch
         self.model = loaded.model.eval()
-        self.model_bytes = path.stat().st_size
+        self.model_bytes = loaded.path.stat().st_size
         self.provider = f"torch {torch.__version__.split('+')[0]} cpu"
-        self.checkpoint = path
+        self.checkpoint = loaded.path
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, precision: str = "fp32", *, arch: str | None = None,
+                        num_classes: int | None = None, **options) -> PtBackend:
+        """A checkpoint without a bundle: its classes and preprocessing stand in for the manifest.
+        ``arch``/``num_classes`` are for a plain state_dict (see ``load_checkpoint``). A bad file
+        raises its CheckpointError as is: no other backend could run it instead."""
+        require("torch", package="torch", needed_for=f"running the checkpoint {path} (a bundle made by "
+                                                     "`alexnet-deploy export` runs without it)")
+        from alexnet_deploy.alexnet.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, arch=arch, num_classes=num_classes)
+        return cls(loaded.path, precision, manifest=checkpoint_manifest(loaded), loaded=loaded, **options)
+
+    def _load_exported(self, explicit: str | os.PathLike | None) -> LoadedCheckpoint:
+        """The checkpoint the bundle records (or ``explicit``), proven by its sha256 to be the exported one."""
+        path = self._checkpoint_path(explicit)
+        self._check_sha(path)
+        from alexnet_deploy.alexnet.checkpoint import load_checkpoint
+
+        try:
+            return load_checkpoint(path, classes=self.manifest.classes)
+        except CheckpointError as exc:
+            raise BackendUnavailable(f"pt reference unusable: {exc}") from exc
 
     def _checkpoint_path(self, explicit: str | os.PathLike | None) -> Path:
         recorded = self.manifest.provenance.get("checkpoint_path")
@@ -81,3 +111,13 @@ class PtBackend(Backend):
 
     def close(self) -> None:
         self.model = None
+
+
+def checkpoint_manifest(loaded: LoadedCheckpoint) -> Manifest:
+    """What an exported bundle's manifest would say about ``loaded``'s model (shapes, classes,
+    preprocessing, provenance), with no artifacts: enough for the pt backend to run it."""
+    crop = loaded.preprocess.crop
+    return Manifest(classes=loaded.classes, input=TensorSpec(_INPUT_NAME, (-1, 3, crop, crop)),
+                    output=TensorSpec(_OUTPUT_NAME, (-1, loaded.num_classes)), preprocess=loaded.preprocess,
+                    arch=loaded.arch, provenance={"checkpoint_path": str(loaded.path),
+                                                  "checkpoint_sha256": loaded.sha256})

@@ -210,12 +210,6 @@ def train_spec(resize: int) -> PreprocessSpec:
     return PreprocessSpec(resize=resize, crop=resize)
 
 
-def decode_train(samples: Sequence[Sample], resize: int, *, strict: bool = False, workers: int = 2,
-                 progress: Callable[[int], None] | None = None) -> DecodedSet:
-    """Decode the training set into RAM at ``train_spec(resize)``."""
-    return _decode(samples, train_spec(resize), strict=strict, workers=workers, progress=progress)
-
-
 def decode_eval(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
                 progress: Callable[[int], None] | None = None) -> DecodedSet:
     """Decode into RAM at exactly ``deploy.preprocess``'s resize + centre crop, as uint8 (evaluation
@@ -343,12 +337,11 @@ class BatchStream:
     """
 
     def __init__(self, data: DecodedSet | StreamedSet, batch_size: int, spec: PreprocessSpec, *, augment: str = "none",
-                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False,
-                 equal_steps: bool = True):
+                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, equal_steps: bool = True):
         if augment not in AUGMENTS:
             raise DataError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTS)}")
         self.data, self.batch_size, self.spec, self.augment = data, batch_size, spec, augment
-        self.shuffle, self.seed, self.rank, self.world, self.drop_last = shuffle, seed, rank, world, drop_last
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.equal_steps = equal_steps  # False for evaluation: every sample once, step counts may differ
         self.epoch = 0
 
@@ -363,8 +356,7 @@ class BatchStream:
         return mine[:n // self.world] if self.equal_steps else mine
 
     def __len__(self) -> int:
-        n = len(self.indices())
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return (len(self.indices()) + self.batch_size - 1) // self.batch_size   # the last, partial batch included
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 64 + self.rank)
@@ -387,5 +379,5 @@ class BatchStream:
 
 
 __all__ = ["Splits", "SkippedFile", "DecodedSet", "StreamedSet", "AUGMENTS", "CACHE_MODES", "resolve_splits",
-           "stratified_split", "train_spec", "decode_train", "decode_eval", "cache_bytes", "ram_budget",
+           "stratified_split", "train_spec", "decode_eval", "cache_bytes", "ram_budget",
            "choose_cache", "normalize", "crop_flip", "random_resized_crop", "BatchStream"]

@@ -132,9 +132,4 @@ def paper_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (all trainable in AlexNet)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["ARCHS", "INITS", "DEFAULT_INPUT", "AlexNet2012", "build_model", "paper_init_", "count_parameters"]
+__all__ = ["ARCHS", "INITS", "DEFAULT_INPUT", "AlexNet2012", "build_model", "paper_init_"]

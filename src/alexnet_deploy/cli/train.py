@@ -85,9 +85,10 @@ def train(config_file: str | None, **flags: Any) -> None:
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--arch", type=_CHOICE_ARCH, help="Architecture of a plain state_dict (detected when omitted).")
-@click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
-@click.option("--backend", help="For a bundle SOURCE: auto (default), ort, ort-cuda, trt, ov or pt.")
+@click.option("--arch", type=_CHOICE_ARCH,
+              help="Checkpoint SOURCE: architecture of a plain state_dict (detected when omitted).")
+@click.option("--num-classes", type=int, help="Checkpoint SOURCE: expected class count (checked against it).")
+@click.option("--backend", help="auto (default), ort, ort-cuda, trt, ov or pt; a checkpoint SOURCE runs on pt.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch: str | None,
             num_classes: int | None, backend: str | None, strict: bool) -> None:
@@ -108,17 +109,29 @@ def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch
 
 
 def _predict(source, images, topk, arch, num_classes, backend, skipped):
-    if _is_bundle(source):  # the torch-free runtime (deploy.load); never imports torch unless --backend pt
-        from alexnet_deploy.deploy import load
-        from alexnet_deploy.deploy.preprocess import image_files
+    """One path for a bundle and a checkpoint: deploy.load picks the backend (a checkpoint runs on
+    pt), so torch is imported only for a checkpoint or --backend pt."""
+    from alexnet_deploy.deploy import load
+    from alexnet_deploy.deploy.preprocess import image_files
 
-        with load(source, backend=backend or "auto") as model:
-            return model.classify(image_files(images), topk=topk, skipped=skipped)
-    if backend:
-        raise click.UsageError("--backend needs a bundle SOURCE (a directory or .tar.gz); a checkpoint runs on PyTorch")
-    from alexnet_deploy.alexnet.predict import predict as run_predict
+    options = _load_options(source, backend, arch, num_classes)
+    with load(source, backend=backend or "auto", **options) as model:
+        return model.classify(image_files(images), topk=topk, skipped=skipped)
 
-    return run_predict(source, images, topk=topk, arch=arch, num_classes=num_classes, skipped=skipped)
+
+def _load_options(source: str, backend: str | None, arch: str | None, num_classes: int | None) -> dict:
+    """load()'s options for SOURCE; a flag that does not apply to its kind is a usage error, not ignored."""
+    checkpoint_flags = {key: value for key, value in (("arch", arch), ("num_classes", num_classes))
+                        if value is not None}
+    if _is_bundle(source):
+        if checkpoint_flags:
+            raise click.UsageError("--arch and --num-classes describe a checkpoint SOURCE; a bundle's manifest "
+                                   "records both")
+        return {}
+    if backend not in (None, "auto", "pt"):
+        raise click.UsageError("--backend needs a bundle SOURCE (a directory or .tar.gz); a checkpoint "
+                               "runs on PyTorch (--backend pt)")
+    return checkpoint_flags
 
 
 def _print_skipped(skipped: list[tuple[str, str]]) -> None:
@@ -130,7 +143,9 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 
 def _is_bundle(source: str) -> bool:
-    return os.path.isdir(source) or source.endswith((".tar.gz", ".tgz"))
+    from alexnet_deploy.deploy.pack import ARCHIVE_SUFFIXES
+
+    return os.path.isdir(source) or source.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _print_predictions(results, as_json: bool) -> None:
@@ -145,7 +160,7 @@ def _print_predictions(results, as_json: bool) -> None:
     table.add_column("image", overflow="fold")
     table.columns.insert(0, table.columns.pop())
     for result in results:
-        for rank, (name, prob) in enumerate(result.top):
+        for rank, (name, prob) in enumerate(result.topk):
             # File and class names are data, not markup: "[red]x.jpg" must print as itself.
             table.add_row(escape(str(result.path)) if rank == 0 else "", escape(name), f"{prob:.4f}")
     Console().print(table)

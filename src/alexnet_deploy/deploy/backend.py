@@ -63,11 +63,6 @@ class Prediction:
     topk: tuple[tuple[str, float], ...]
     path: str | None = None
 
-    @property
-    def top(self) -> tuple[tuple[str, float], ...]:
-        """Same as ``topk`` (the name alexnet.predict's results use)."""
-        return self.topk
-
     def to_dict(self) -> dict:
         """``{"path", "top": [{"class", "probability"}]}``, the `predict --json` format."""
         return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.topk]}
@@ -247,14 +242,22 @@ def check_manifest_against_models(bundle: str | os.PathLike, manifest: Manifest,
 def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
     """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt", "ov").
 
-    ``options`` go to the backend: ``threads``, ``provider`` (ort), ``checkpoint`` (pt). With
-    "auto", the first of trt > ort-cuda > ort-cpu that can run here wins; if none can, the error
-    lists every reason.
+    ``bundle`` is a bundle directory, a packed bundle (.tar.gz) or a checkpoint file. ``options`` go
+    to the backend: ``threads``, ``provider`` (ort), ``checkpoint`` (pt on a bundle), ``arch`` and
+    ``num_classes`` (a checkpoint). With "auto", the first of trt > ort-cuda > ort-cpu that can run
+    here wins; if none can, the error lists every reason. A checkpoint has no exported model for
+    the other backends, so it runs on pt ("auto" picks it), with the classes and preprocessing
+    stored in it.
     """
-    if Path(bundle).is_file():   # a packed bundle (.tar.gz): extracted safely, once, into the cache
-        from alexnet_deploy.deploy.pack import open_bundle
+    path = Path(bundle)
+    if not path.exists():
+        raise AlexNetDeployError(f"{bundle}: no such bundle directory, packed bundle or checkpoint file")
+    if path.is_file():
+        from alexnet_deploy.deploy.pack import is_archive, open_bundle
 
-        bundle = open_bundle(bundle)
+        if not is_archive(path):
+            return _load_checkpoint(path, backend, precision, options)
+        bundle = open_bundle(path)   # extracted safely, once, into the cache
     manifest = read_manifest(bundle)
     check_manifest_against_models(bundle, manifest, (precision,))
     names: Sequence[str] = AUTO_ORDER if backend == "auto" else (backend,)
@@ -269,6 +272,14 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
             log.info("backend %s unavailable: %s", name, exc)
             reasons.append(f"{name}: {exc}")
     raise BackendUnavailable(f"no backend can run {bundle} at {precision}: " + "; ".join(reasons))
+
+
+def _load_checkpoint(path: Path, backend: str, precision: str, options: dict[str, Any]) -> Backend:
+    """``load`` for a checkpoint file: the pt backend, which reads the checkpoint's own metadata."""
+    if backend not in ("auto", "pt"):
+        raise AlexNetDeployError(f"{path} is a checkpoint: it runs on the pt backend, not {backend!r}; "
+                                 f"`alexnet-deploy export {path}` makes a bundle for {backend}")
+    return backend_class("pt").from_checkpoint(path, precision, **options)
 
 
 def _check_finite(batch: np.ndarray, where: str) -> None:

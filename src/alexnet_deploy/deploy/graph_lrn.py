@@ -85,16 +85,6 @@ def rewritten_node_names(model) -> list[str]:
     return [node.name for node in model.graph.node if node.name.startswith(PREFIX)]
 
 
-def lrn_formulation(model) -> str:
-    """"native" if ``model`` has LRN nodes, "conv"/"conv-pow" if rewritten, "none" if it has neither."""
-    if any(_is_lrn(node) for node in model.graph.node):
-        return "native"
-    names = rewritten_node_names(model)
-    if not names:
-        return "none"
-    return "conv-pow" if any(name.endswith("/pow") for name in names) else "conv"
-
-
 def band_weights(channels: int, size: int) -> np.ndarray:
     """The (C, C, 1, 1) float32 weight of the 1x1 conv that sums each channel's LRN window (ones on the band)."""
     below, above = (size - 1) // 2, size - 1 - (size - 1) // 2  # ONNX: floor before, ceil after

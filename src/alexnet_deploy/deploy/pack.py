@@ -17,7 +17,6 @@ manifest is JSON and ``reference.npz`` is read later with ``allow_pickle=False``
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -279,14 +278,6 @@ def bundle_cache_dir() -> Path:
     return Path(root) / "bundles"
 
 
-def _archive_digest(archive: Path) -> str:
-    digest = hashlib.sha256()
-    with open(archive, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def open_bundle(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                 max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """A checked bundle directory for ``source``: a bundle directory, or a packed archive extracted
@@ -299,7 +290,7 @@ def open_bundle(source: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
     if not source.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BundleError(f"{source}: neither a bundle directory nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
     dest = Path(cache_dir) if cache_dir else bundle_cache_dir()
-    dest = dest / _archive_digest(source)[:20]
+    dest = dest / sha256_file(source)[:20]
     if (dest / MANIFEST_NAME).is_file():
         verify_artifacts(dest, read_manifest(dest))   # the cache copy could have been edited since
         return dest

@@ -123,11 +123,3 @@ def export_triton(bundle: str | os.PathLike, out: str | os.PathLike, *, backend:
                         labels_file=model_dir / LABELS_FILE, platform=config.platform, max_batch_size=batch,
                         source_artifact=artifact.file)
 
-
-def read_config(path: str | os.PathLike):
-    """Parse a ``config.pbtxt`` with Triton's schema (used by tests and to check a written repository)."""
-    model_config_pb2, text_format = _import_model_config()
-    try:
-        return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    except (OSError, text_format.ParseError) as exc:
-        raise ExportError(f"{path}: not a valid Triton model config ({exc})") from exc

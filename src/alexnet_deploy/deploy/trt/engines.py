@@ -285,7 +285,7 @@ def probe_device(env: dict[str, str] | None = None, bundle: str | os.PathLike | 
     raise ExportError(f"probing TensorRT/GPU failed: {reason}")
 
 
-def _build_args(bundle: Path, precision: str, attempt: Attempt, key: EngineKey, opts: BuildOptions) -> list[str]:
+def _build_args(bundle: Path, precision: str, attempt: Attempt, key: EngineKey) -> list[str]:
     args = ["build", str(bundle), "--precision", precision, "--max-batch", str(key.profile[2][0]),
             "--opt-batch", str(key.profile[1][0]),
             "--workspace-bytes", str(attempt.workspace_bytes), "--opt-level", str(attempt.opt_level)]
@@ -302,7 +302,7 @@ def _attempt_build(bundle: Path, key: EngineKey, attempt: Attempt, opts: BuildOp
     def relay(event: dict) -> None:
         emit(BuildEvent("progress", key.precision, str(event.get("message", "")), index))
 
-    code, result, tail = _run_child(_build_args(bundle, key.precision, attempt, key, opts), opts.env,
+    code, result, tail = _run_child(_build_args(bundle, key.precision, attempt, key), opts.env,
                                     opts.timeout_s, relay)
     if code == 0 and result.get("ok"):
         return "ok", result
