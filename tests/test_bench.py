@@ -17,9 +17,9 @@ from alexnet_deploy.deploy.compare import compare_logits, diff_reports, topk_acc
 from alexnet_deploy.errors import AlexNetDeployError, DataError
 
 # The fields every bench row has (docs/architecture.md, "Reports"): tools that read bench JSON rely on them.
-ROW_FIELDS = ("backend", "precision", "provider", "status", "reason", "batch", "iters", "p50_ms", "p90_ms",
-                 "p99_ms", "mean_ms", "std_ms", "throughput_ips", "top1", "top5", "agreement", "max_abs_diff",
-                 "n_images", "model_bytes")
+REQUIRED_FIELDS = ("backend", "precision", "provider", "status", "reason", "batch", "iters", "p50_ms", "p90_ms",
+                   "p99_ms", "mean_ms", "std_ms", "throughput_ips", "top1", "top5", "agreement", "max_abs_diff",
+                   "n_images", "model_bytes")
 FAST = dict(warmup_s=0.01, min_iters=3, min_time_s=0.05)
 
 
@@ -143,7 +143,7 @@ def test_json_and_csv_schema(report, tmp_path):
     data = json.loads(write_json(report, tmp_path / "r.json").read_text())
     assert set(data) == {"system", "config", "rows"} and len(data["rows"]) == len(report.rows)
     for row in data["rows"]:
-        assert set(ROW_FIELDS) <= set(row) and row["status"] in ("ok", "unavailable", "failed")
+        assert set(REQUIRED_FIELDS) <= set(row) and row["status"] in ("ok", "unavailable", "failed")
     assert data["system"]["cpu"] and data["system"]["cpu_count"] >= 1 and "packages" in data["system"]
     assert data["config"]["batches"] == [1, 3]
     assert read_report(tmp_path / "r.json")["rows"] == data["rows"]
