@@ -1,9 +1,9 @@
-"""ORT session defaults (deploy/onnxrt.py) and the building blocks of benchmarks/cpu_latency.py."""
+"""ORT session defaults (deploy/onnxrt.py) and benchmarks/cpu_latency.py: its timing, and a real run."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_latency.py"
 def bench():
     spec = importlib.util.spec_from_file_location("cpu_latency", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_latency"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("cpu_latency", None)
+    return module
 
 
 def test_session_options_defaults_and_spinning():
@@ -57,29 +55,84 @@ def test_bandwidth_is_measured(bench):
     assert 0.1 < gbs < 10_000
 
 
-def test_int8_configurations_keep_the_right_nodes_float(bench, tmp_path):
-    """Each study configuration really changes what is quantized (so the study compares something)."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("torch")
-    from alexnet_deploy.deploy.graph_lrn import rewrite_lrn
-    from lrn_helpers import export_native, lrn_net
+class _Fake:
+    """Just what the round-robin timer calls on a backend."""
 
-    native = export_native(lrn_net(), tmp_path / "native.onnx")
-    conv = tmp_path / "conv.onnx"
-    onnx.save(rewrite_lrn(onnx.load(str(native))), str(conv))
-    calib = np.random.default_rng(0).normal(0, 1, (4, 3, 64, 64)).astype(np.float32)
-    model = onnx.load(str(conv))
-    lrn_only = bench.excluded_nodes(model, bench.Int8Config("lrn"))
-    assert lrn_only and all(name.startswith("lrn_conv/") for name in lrn_only)
-    adopted = bench.excluded_nodes(model, bench.ADOPTED_INT8)
-    assert adopted[:-1] == lrn_only and adopted[-1] == [n.name for n in model.graph.node if n.op_type == "Gemm"][-1]
-    first_conv = bench.excluded_nodes(model, bench.Int8Config("c", float_first_conv=True))
-    assert len(first_conv) == len(lrn_only) + 1 and not first_conv[-1].startswith("lrn_conv/")
-    assert bench.excluded_nodes(model, bench.Int8Config("q", float_lrn=False)) == []
-    for config in (bench.ADOPTED_INT8, bench.Int8Config("c", float_first_conv=True)):
-        out = bench.quantize(conv, tmp_path / f"{config.name}.onnx", calib, config)
-        quantized = onnx.load(str(out))
-        producers = {o: n.op_type for n in quantized.graph.node for o in n.output}
-        convs = [n for n in quantized.graph.node if n.op_type == "Conv" and not n.name.startswith("lrn_conv/")]
-        first_weight_from = producers.get(convs[0].input[1])
-        assert first_weight_from == (None if config.float_first_conv else "DequantizeLinear")
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls, self.synced = name, calls, 0
+
+    def infer(self, batch):
+        self.calls.append(self.name)
+        return batch
+
+    def synchronize(self):
+        self.synced += 1
+
+
+def test_round_robin_alternates_blocks_and_counts_every_timed_call(bench, monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    calls: list[str] = []
+    models = [_Fake("a", calls), _Fake("b", calls)]
+    stats = bench.time_round_robin(models, np.zeros((2, 3), np.float32), iters=4, rounds=2)
+    # 2 rounds of: a's block (>= 1 warm-up call + 2 timed), then b's block.
+    blocks = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert blocks == ["a", "b", "a", "b"]
+    assert [s.iters for s in stats] == [4, 4]
+    assert all(s.p50_ms >= 0 and s.throughput_ips > 0 for s in stats)
+    assert models[0].synced == calls.count("a")   # synchronize after every call, timed or not
+
+
+@pytest.mark.slow
+def test_the_script_runs_end_to_end_on_a_tiny_model(bench, tmp_path, capsys, monkeypatch):
+    """The real thing, as small as it gets: a random 3-class AlexNet-2012 at 64 px, a generated image
+    folder, one timed call per block; every mode, OpenVINO when it is installed."""
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)   # ~50 s of sleeping between blocks otherwise
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from conftest import write_image_folder
+
+    from alexnet_deploy.alexnet.checkpoint import save_checkpoint
+    from alexnet_deploy.alexnet.model import build_model
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    classes = ("class_0", "class_1", "class_2")
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model=build_model("alexnet2012", num_classes=3),
+                                 arch="alexnet2012", classes=classes, preprocess=PreprocessSpec(resize=72, crop=64),
+                                 config={}, epoch=0, metrics={})
+    data = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=48)
+    with_ov = importlib.util.find_spec("openvino") is not None
+    out = tmp_path / "result.json"
+    argv = ["--checkpoint", str(checkpoint), "--data", str(data), "--work", str(tmp_path / "work"),
+            "--image-size", "64", "--threads", "2", "--iters", "1", "--iters32", "1", "--calib-images", "6",
+            "--eval-images", "6"]
+    modes = ["--ort-tuning", "--weight-bits", "--profile", "--json", str(out)] + ([] if with_ov else ["--no-ov"])
+    assert bench.main(argv + modes) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+
+    rows = result["table"]["rows"]
+    per_batch = 1 + 2 + 6 + (7 if with_ov else 0)   # torch, "before" x2, ort x3 precisions x2 LRN forms, ov + bf16
+    assert [r["batch"] for r in rows] == [1] * per_batch + [32] * per_batch
+    assert {(r["row"], r["lrn"]) for r in rows} >= {("torch eager", "torch"), ("ort default opts", "native"),
+                                                     ("ort", "native"), ("ort", "conv")}
+    for r in rows:
+        assert r["iters"] == 3 and r["p50_ms"] > 0 and r["throughput_ips"] > 0 and r["top1"] is not None
+        if r["precision"] == "fp32" and r["row"] != "ov-bf16":
+            assert r["agreement"] == 1.0 and r["max_abs_diff"] < 1e-3, r
+    assert rows[0]["x_torch"] == 1.0 and result["table"]["floors_ms"]["int8"] < result["table"]["floors_ms"]["fp32"]
+    assert {"fastest_b1", "x_int8_floor", "b32_x_torch", "ort_over_ov"} <= set(result["table"]["targets"])
+    assert "target 1: fastest batch 1" in printed and "target 3: batch-32 best" in printed
+
+    tuning = result["ort_tuning"]
+    assert len(tuning) == 2 * 2 * len(bench.ORT_VARIANTS)   # fp32 and int8, batch 1 and 32
+    weight_bits = result["weight_bits"]
+    assert [r["row"] for r in weight_bits[:2]] == ["ort 7-bit weights", "ort 8-bit weights"]
+    assert 0 <= weight_bits[-1]["top1_agreement_7_vs_8_bit"] <= 1
+    profile = result["profile"]
+    assert profile["ort_int8"]["per_op_ms"] and "QLinearConv" in profile["ort_int8"]["kernels"]
+    assert set(profile) == {"ort_int8", "ort_fp32"} | ({"ov_int8", "ov_fp32"} if with_ov else set())
+
+    # A second run with the same --work reuses both bundles instead of exporting again.
+    assert bench.main(argv + ["--skip-table"]) == 0
+    assert "exporting" not in capsys.readouterr().out
