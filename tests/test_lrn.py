@@ -265,6 +265,18 @@ def test_restore_gives_back_the_native_node(native_path, generated_images, formu
     np.testing.assert_allclose(_run(restored, generated_images), _run(model, generated_images), atol=1e-6)
 
 
+def test_restore_after_the_export_simplifier_merged_constants(native_path, generated_images):
+    # Export runs onnxslim, which merges the two LRN layers' identical scale constants into one
+    # initializer: the second group then reads the first group's tensor, and must still be restored.
+    onnxslim = pytest.importorskip("onnxslim")
+    model = onnx.load(str(native_path))
+    slim = onnxslim.slim(rewrite_lrn(model))
+    restored = restore_lrn(slim)
+    assert sum(n.op_type == "LRN" for n in restored.graph.node) == 2
+    assert rewritten_node_names(restored) == []
+    np.testing.assert_allclose(_run(restored, generated_images), _run(model, generated_images), atol=1e-5)
+
+
 def test_restore_leaves_quantized_groups_alone(native_path, generated_images, tmp_path):
     conv = _save(rewrite_lrn(onnx.load(str(native_path))), tmp_path / "conv.onnx")
     quantized = onnx.load(str(quantize_int8(conv, tmp_path / "q.onnx", generated_images, [])))  # LRN not excluded

@@ -215,18 +215,27 @@ _GROUP_OPS = {"Cast", "Mul", "Conv", "Sqrt", "Div", "Pow"}
 
 
 def _restored_node(onnx, prefix: str, nodes: list, inits: dict):
-    """One LRN node equivalent to the rewrite group ``nodes``, or None if the group is not intact."""
+    """One LRN node equivalent to the rewrite group ``nodes``, or None if the group is not intact.
+
+    Constants are found through the nodes' inputs, not by their names: a simplifier (onnxslim, at
+    export) merges the identical scale and band tensors of two LRN layers into one initializer."""
     by_suffix = {n.name[len(prefix):]: n for n in nodes}
     needed = ("prescale", "band_sum", "apply")
-    if any(n.op_type not in _GROUP_OPS for n in nodes) or any(s not in by_suffix for s in needed) \
-            or any(prefix + t not in inits for t in ("scale", "band_weight", "band_bias")):
+    if any(n.op_type not in _GROUP_OPS for n in nodes) or any(s not in by_suffix for s in needed):
         return None
-    band = onnx.numpy_helper.to_array(inits[prefix + "band_weight"])[:, :, 0, 0]
+    band_sum, power = by_suffix["band_sum"], by_suffix.get("pow")
+    names = {"scale": by_suffix["prescale"].input[1], "band_weight": band_sum.input[1],
+             "band_bias": band_sum.input[2] if len(band_sum.input) > 2 else "",
+             "neg_beta": power.input[1] if power is not None else None}
+    if any(name is not None and name not in inits for name in names.values()):
+        return None
+    value = {key: onnx.numpy_helper.to_array(inits[name]) for key, name in names.items() if name is not None}
+    band = value["band_weight"][:, :, 0, 0]
     size = int(np.count_nonzero(band[0]) + np.count_nonzero(band[-1]) - 1)
-    scale = float(onnx.numpy_helper.to_array(inits[prefix + "scale"]))
-    bias = float(onnx.numpy_helper.to_array(inits[prefix + "band_bias"]).reshape(-1)[0])
-    if "pow" in by_suffix:
-        beta = -float(onnx.numpy_helper.to_array(inits[prefix + "neg_beta"]))
+    scale = float(value["scale"])
+    bias = float(value["band_bias"].reshape(-1)[0])
+    if power is not None:
+        beta = -float(value["neg_beta"])
     else:
         beta = 0.75 if "sqrt2" in by_suffix else 0.5 if "sqrt" in by_suffix else 1.0
     first = by_suffix.get("cast_in", by_suffix["prescale"])
