@@ -1,15 +1,9 @@
 """Bundle ONNX -> TensorRT engine for the GPU this runs on. Never imports torch.
 
 One code path for TensorRT 8.6, 10.x and 11.x that branches on the version and on what the
-module has (docs/tensorrt.md has the version table and its sources):
+module has (docs/tensorrt.md has the version table and its sources). Which ONNX, network flags and
+builder flags build each precision is decided in routes.py; this module builds:
 
-- network flags: EXPLICIT_BATCH below 10 (the ONNX parser needs it; ignored in 10, removed in 11);
-  STRONGLY_TYPED on 10.x when the precision lives in the ONNX (fp16-typed or Q/DQ); nothing on
-  11.x, where every network is strongly typed;
-- precision: fp16 = the fp16-typed ONNX with strong typing where available, else (8.6, or 10.x
-  without model.fp16.onnx) the fp32 ONNX with BuilderFlag.FP16; int8 = the Q/DQ ONNX, strongly
-  typed on 10/11, with INT8 (+FP16) flags on 8.6. Precision flags are never combined with
-  STRONGLY_TYPED (they conflict on 10.12+ and do not exist on 11);
 - one optimization profile min 1 / opt / max batch (DLA: static, min = opt = max);
 - workspace limit, builder optimization level, a persisted and reused timing cache, optional DLA
   core with GPU fallback, optional version-compatible plans.
@@ -34,25 +28,14 @@ from typing import Any
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.cuda import GpuInfo, gpu_info
 from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text, sha256_file
-from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.trt import import_tensorrt
+from alexnet_deploy.deploy.trt.routes import BuildRoute, has_builder_flag, choose_route, network_flags, trt_major
 from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency
 
 log = logging.getLogger(__name__)
 
 ENGINE_DIR = "engines"
 SIDECAR_FORMAT = "alexnet-deploy-engine/1"
-
-
-@dataclass(frozen=True)
-class BuildRoute:
-    """How a precision is built on this TensorRT: which ONNX, strong typing or builder flags."""
-
-    precision: str
-    onnx_file: str
-    strongly_typed: bool
-    builder_flags: tuple[str, ...]
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,57 +70,6 @@ def tensorrt_available() -> tuple[bool, str]:
     except (MissingDependency, BackendUnavailable) as exc:
         return False, str(exc)
     return True, f"TensorRT {trt.__version__} on {gpu.name} (sm{gpu.sm})"
-
-
-def trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-def _has_flag(trt, name: str) -> bool:
-    return hasattr(trt.BuilderFlag, name)
-
-
-def _strong_typing_opt_in(trt) -> bool:
-    """True on 10.x, where STRONGLY_TYPED exists and must be asked for (11.x: always on, flag ignored)."""
-    return trt_major(trt) < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-
-
-def choose_route(trt, manifest: Manifest, precision: str) -> BuildRoute:
-    """Which ONNX and which typing/flags build ``precision`` on this TensorRT."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r} is unknown; expected one of {NAMES}")
-    row = PRECISIONS[precision]
-    strong = _strong_typing_opt_in(trt) or trt_major(trt) >= 11
-    has = {p: manifest.artifact(p) is not None for p in NAMES}
-    if precision == "fp32":
-        # An fp32 ONNX builds fp32 (+TF32, TensorRT's default) with or without strong typing.
-        return BuildRoute("fp32", row.onnx_file, trt_major(trt) >= 11, ())
-    if precision == "fp16":
-        if has["fp16"] and strong:
-            return BuildRoute("fp16", row.onnx_file, True, (), "fp16-typed ONNX, strongly typed")
-        if _has_flag(trt, "FP16"):
-            note = "fp32 ONNX + BuilderFlag.FP16 (guard nodes pinned to fp32 with precision constraints)"
-            return BuildRoute("fp16", PRECISIONS["fp32"].onnx_file, False, row.trt_builder_flags, note)
-        raise ExportError(f"TensorRT {trt.__version__} builds fp16 only from an fp16-typed ONNX and the bundle "
-                          "has no model.fp16.onnx: re-export with `alexnet-deploy export ... --fp16`")
-    if not has["int8"]:
-        raise ExportError("the bundle has no model.int8.onnx: run `alexnet-deploy calibrate BUNDLE --calib DIR` "
-                          "(or export with --int8 --calib DIR) first")
-    if strong:
-        return BuildRoute("int8", row.onnx_file, True, (), "Q/DQ ONNX, strongly typed")
-    return BuildRoute("int8", row.onnx_file, False, row.trt_builder_flags, "Q/DQ ONNX + INT8/FP16 flags (8.x)")
-
-
-def network_flags(trt, route: BuildRoute) -> tuple[int, list[str]]:
-    """create_network() flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED as an opt-in on 10.x only."""
-    flags, names = 0, []
-    if trt_major(trt) < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        names.append("EXPLICIT_BATCH")
-    if route.strongly_typed and _strong_typing_opt_in(trt):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        names.append("STRONGLY_TYPED")
-    return flags, names
 
 
 def _node_names(onnx_path: Path) -> list[tuple[str, str]]:
@@ -263,7 +195,7 @@ def configure(trt, builder, config, route: BuildRoute, *, workspace_gib: float |
         settings.update(_use_dla(trt, builder, config, route, dla_core))
         settings["builder_flags"].append("GPU_FALLBACK")
     if version_compatible:
-        if not _has_flag(trt, "VERSION_COMPATIBLE"):
+        if not has_builder_flag(trt, "VERSION_COMPATIBLE"):
             raise ExportError(f"version-compatible engines need TensorRT >= 8.6 (this is {trt.__version__})")
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         settings["builder_flags"].append("VERSION_COMPATIBLE")

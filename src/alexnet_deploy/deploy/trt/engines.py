@@ -37,7 +37,8 @@ from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
 from alexnet_deploy.deploy.system import mem_available
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.trt import import_tensorrt
-from alexnet_deploy.deploy.trt.builder import build_engine, choose_route
+from alexnet_deploy.deploy.trt.builder import build_engine
+from alexnet_deploy.deploy.trt.routes import choose_route
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError, ExportError
 
 log = logging.getLogger(__name__)
