@@ -11,7 +11,9 @@ The run directory gets ``best.pt``, ``last.pt``, ``metrics.jsonl``, ``metrics.cs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_deploy.alexnet.data import (
@@ -32,8 +35,9 @@ from alexnet_deploy.alexnet.data import (
     ram_budget, resolve_splits, train_spec)
 from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
 from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
-from alexnet_deploy.errors import AlexNetDeployError, CheckpointError, MissingDependency
+from alexnet_deploy.errors import AlexNetDeployError, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +167,7 @@ def field_type_problem(name: str, value: Any) -> str | None:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML file keyed by flag names (``batch-size`` or ``batch_size``); unknown keys are errors."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise MissingDependency("--config on Python 3.10 needs tomli: pip install tomli") from exc
+    tomllib = require("tomllib", "tomli", package="tomli", needed_for="--config on Python 3.10")
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -192,11 +190,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_to_toml(config: TrainConfig) -> str:
     """The resolved config as TOML (``None`` values are left out: TOML has no null)."""
-    lines = ["# resolved by alexnet-deploy train; usable as --config", "[train]"]
-    for key, value in config.to_dict().items():
-        if value is not None and key != "overwrite":
-            lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
+    tomli_w = require("tomli_w", package="tomli-w", needed_for="writing config.toml")
+    values = {key.replace("_", "-"): value for key, value in config.to_dict().items()
+              if value is not None and key != "overwrite"}
+    return "# resolved by alexnet-deploy train; usable as --config\n" + tomli_w.dumps({"train": values})
 
 
 class TrainProgress:
@@ -362,25 +359,29 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (linear warm-up, then the schedule)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    # step: divide by 10 at 50 % and 75 % of training (the paper divided on plateaus, 3 times in 90 epochs)
-    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-
-
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step LambdaLR (its state_dict is plain numbers, so checkpoints stay weights_only-safe)."""
+    """Stepped once per optimizer step: a linear warm-up over ``warmup_epochs`` (from 1/warmup of
+    the peak lr to the peak), then cosine decay to 0, the step schedule or a constant lr.
+
+    Its state_dict (plain numbers and a Counter, both weights_only-safe) is saved in last.pt, so
+    --resume continues exactly where the run stopped."""
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    schedule = config.schedule
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
+    after = _after_warmup(config.schedule, optimizer, max(1, total - warmup))
+    if not warmup:
+        return after
+    ramp = LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [ramp, after], milestones=[warmup])
+
+
+def _after_warmup(schedule: str, optimizer: torch.optim.Optimizer, steps: int):
+    """The schedule of the ``steps`` optimizer steps after the warm-up."""
+    if schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=steps)
+    if schedule == "step":
+        # Divide by 10 at 50 % and 75 % of training (the paper divided on plateaus, 3 times in 90 epochs).
+        return MultiStepLR(optimizer, milestones=[math.ceil(0.5 * steps), math.ceil(0.75 * steps)], gamma=0.1)
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val_set, spec, epoch, progress):
@@ -524,7 +525,7 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{config.resume}: optimizer state does not fit --optimizer {config.optimizer} "
                               f"({exc}); resume with the run's original flags") from exc
-    scheduler.load_state_dict(raw["scheduler_state"])
+    _load_schedule(config, scheduler, raw["scheduler_state"])
     if "scaler_state" in raw:
         scaler.load_state_dict(raw["scaler_state"])
     # Metrics of the earlier epochs: from --out, or from the resumed run's directory when --out is new.
@@ -532,6 +533,24 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     best = max((row["val_top1"] for row in history), default=float("-inf"))
     log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
     return ckpt.epoch, best, history, raw.get("rng_state")
+
+
+def _load_schedule(config: TrainConfig, scheduler, state: dict) -> None:
+    """Continue the saved schedule; refuse one of another kind (another --schedule, warm-up or
+    none, or a checkpoint from before the schedule was made of torch's schedulers), which
+    load_state_dict would take without complaint and then step wrongly."""
+    if _schedule_signature(state) != _schedule_signature(scheduler.state_dict()):
+        raise CheckpointError(f"{config.resume}: its learning-rate schedule state does not fit --schedule "
+                              f"{config.schedule} with --warmup-epochs {config.warmup_epochs}; resume with the run's "
+                              "original flags and alexnet-deploy version")
+    scheduler.load_state_dict(state)
+
+
+def _schedule_signature(state: dict) -> tuple:
+    """The public keys of a scheduler's state (its constructor's arguments; the private ones vary
+    between torch versions), and those of the schedulers a SequentialLR chains."""
+    return (sorted(k for k in state if not k.startswith("_")),
+            [_schedule_signature(inner) for inner in state.get("_schedulers", ())])
 
 
 def _read_history(out: Path, upto: int) -> list[dict]:
@@ -557,10 +576,11 @@ def _write_epoch(config, out, model, classes, spec, row, history, optimizer, sch
 
 
 def _csv(history: list[dict]) -> str:
-    lines = [",".join(METRIC_FIELDS)]
-    for row in history:
-        lines.append(",".join(f"{row.get(k, '')}" for k in METRIC_FIELDS))
-    return "\n".join(lines) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
 
 
 def _plot(path: Path, history: list[dict]) -> None:
@@ -646,19 +666,13 @@ class _ExternalLoggers:
 
 
 def _tensorboard_writer(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # torch's module imports the tensorboard package
-        raise MissingDependency("--tensorboard needs the tensorboard package: "
-                                "pip install 'alexnet-deploy[tensorboard]'") from exc
-    return SummaryWriter(log_dir=str(log_dir))
+    # torch's module imports the tensorboard package, so its ImportError means that one is missing.
+    tensorboard = require("torch.utils.tensorboard", package="tensorboard", needed_for="--tensorboard")
+    return tensorboard.SummaryWriter(log_dir=str(log_dir))
 
 
 def _wandb_run(config: TrainConfig, out: Path):
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependency("--wandb needs the wandb package: pip install 'alexnet-deploy[wandb]'") from exc
+    wandb = require("wandb", package="wandb", needed_for="--wandb")
     try:
         run = wandb.init(project=config.wandb, name=out.name, dir=str(out), config=config.to_dict(),
                          job_type="train")
@@ -672,4 +686,4 @@ def _wandb_run(config: TrainConfig, out: Path):
 
 
 __all__ = ["TrainConfig", "TrainProgress", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
-           "config_to_toml", "make_optimizer", "make_scheduler", "lr_factor"]
+           "config_to_toml", "make_optimizer", "make_scheduler"]
