@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint  # noqa: E402
 from alexnet_deploy.alexnet.train import (  # noqa: E402
-    RECIPES, TrainConfig, TrainProgress, config_to_toml, load_config_file, make_optimizer, make_scheduler, train)
+    RECIPES, TrainConfig, config_to_toml, load_config_file, make_optimizer, make_scheduler, train)
 from alexnet_deploy.errors import AlexNetDeployError  # noqa: E402
 
 
@@ -34,17 +34,23 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-class _Recorder(TrainProgress):
+class _Recorder:
+    """A progress callback keeping each counted stage's (name, total), the notes and the epochs'
+    metrics rows; with ``stop_after`` it raises after that epoch, as a killed run."""
+
     def __init__(self, stop_after: int | None = None):
-        self.rows, self.phases, self.stop_after = [], [], stop_after
+        self.rows, self.phases, self.notes, self.stop_after = [], [], [], stop_after
 
-    def phase(self, name, total):
-        self.phases.append((name, total))
-
-    def epoch_end(self, row):
-        self.rows.append(row)
-        if self.stop_after is not None and row["epoch"] >= self.stop_after:
-            raise KeyboardInterrupt("simulated kill after an epoch")
+    def __call__(self, event):
+        if not event.is_note:
+            if event.done == 0:
+                self.phases.append((event.stage, event.total))
+            return
+        self.notes.append(event.message)
+        if event.metrics:
+            self.rows.append(dict(event.metrics))
+            if self.stop_after is not None and event.metrics["epoch"] >= self.stop_after:
+                raise KeyboardInterrupt("simulated kill after an epoch")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,8 @@ def test_training_lowers_the_loss_and_writes_the_run_dir(finished_run):
     assert best.config["optimizer"] == "adamw" and "optimizer_state" not in best.raw
     assert "optimizer_state" in load_checkpoint(out / "last.pt").raw
     assert "epoch 3" in (out / "train.log").read_text()
-    assert ("decode train", 18) in progress.phases
+    assert progress.phases[:4] == [("decode train", 18), ("decode val", 6), ("epoch 1/3", 18), ("validate", 6)]
+    assert [row["epoch"] for row in progress.rows] == [1, 2, 3]
 
 
 def test_resume_is_bit_exact(tiny_data, tmp_path):
@@ -113,11 +120,9 @@ def test_auto_cache_streams_only_the_split_over_the_ram_budget(tiny_data, tmp_pa
     # Budget for the 6 val images at 63 px but not the 18 train images at 66 px (real RAM cannot shrink).
     monkeypatch.setattr(train_module, "ram_budget", lambda: 6 * 3 * 63 * 63 + 1)
     progress = _Recorder()
-    messages: list[str] = []
-    progress.message = messages.append
     out = train(_config(tiny_data, tmp_path / "run", epochs=1), progress)
     assert [p for p in progress.phases if p[0].startswith("decode")] == [("decode val", 6)]
-    assert any(m.startswith("train: decoded images would need") for m in messages), messages
+    assert any(m.startswith("train: decoded images would need") for m in progress.notes), progress.notes
     assert progress.rows[0]["train_images"] == 18 and progress.rows[0]["val_images"] == 6
     shutil.rmtree(out)
 

@@ -37,6 +37,7 @@ from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_mode
 from alexnet_deploy.deploy.files import atomic_write_text
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally, note
 from alexnet_deploy.errors import AlexNetDeployError, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -196,24 +197,6 @@ def config_to_toml(config: TrainConfig) -> str:
     return "# resolved by alexnet-deploy train; usable as --config\n" + tomli_w.dumps({"train": values})
 
 
-class TrainProgress:
-    """Callbacks from ``train()`` (the library never prints; the CLI renders these).
-
-    Raising from a callback stops training (tests use this to simulate an interrupted run)."""
-
-    def phase(self, name: str, total: int) -> None:
-        """A new phase (``decode train``, ``epoch 1/5``, ``validate``) of ``total`` images."""
-
-    def advance(self, images: int, **info: float) -> None:
-        """``images`` more images done in the current phase; ``info`` e.g. the running loss."""
-
-    def epoch_end(self, row: dict[str, Any]) -> None:
-        """One epoch's metrics row (what goes to metrics.jsonl)."""
-
-    def message(self, text: str) -> None:
-        """A one-line note (data summary, skipped files, where the run is written)."""
-
-
 @dataclass(frozen=True)
 class DistContext:
     """Where this process trains: its rank, the world size, its device (rank 0 of 1 on CPU by default)."""
@@ -227,9 +210,13 @@ class DistContext:
         return self.rank == 0
 
 
-def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
-    """Train a model as configured; returns the run directory."""
-    progress = progress or TrainProgress()
+def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Path:
+    """Train a model as configured; returns the run directory.
+
+    ``progress`` gets counts for each stage (``decode train``, ``epoch 1/5``, ``validate``; in images,
+    with the running loss as the message) and notes: the data summary, skipped files, and one per
+    epoch whose metrics are that epoch's metrics.jsonl row. Raising from it stops training (tests
+    use this to simulate an interrupted run)."""
     config = config.resolved()
     dist = _setup_distributed(config.device)
     out = Path(config.out)
@@ -237,7 +224,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
         check_run_dir(out, config)
     run_log = _RunLog(out) if dist.main else None
     try:
-        return _train(config, dist, out, progress if dist.main else TrainProgress())
+        return _train(config, dist, out, progress if dist.main else None)
     finally:
         if run_log is not None:
             run_log.close()
@@ -245,7 +232,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainProgress) -> Path:
+def _train(config: TrainConfig, dist: DistContext, out: Path, progress: ProgressCallback | None) -> Path:
     if config.resume and not Path(config.resume).is_file():
         raise CheckpointError(f"--resume {config.resume}: no such file; pass the run's last.pt")
     torch.manual_seed(config.seed)
@@ -265,8 +252,8 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", config_to_toml(config))
-        progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
-                         f"{len(splits.classes)} classes; writing {out}")
+        note(progress, "train", f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
+                                f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]   # find bad files as they go
     completed = False
@@ -282,7 +269,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
                 _write_epoch(config, out, model, splits.classes, spec, row, history, optimizer, scheduler, scaler)
                 if loggers:
                     loggers.log(row)
-                progress.epoch_end(row)
+                note(progress, f"epoch {row['epoch']}/{config.epochs}", epoch_line(row), row)
         completed = True
     finally:  # an interrupted run still flushes what its loggers have, marked as failed
         if loggers:
@@ -313,7 +300,7 @@ Dataset = DecodedSet | StreamedSet
 
 
 def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
-                   progress: TrainProgress) -> tuple[Dataset, Dataset]:
+                   progress: ProgressCallback | None) -> tuple[Dataset, Dataset]:
     """Each split decoded into RAM or streamed (``--cache``; auto keeps in RAM what fits the budget,
     the training set first)."""
     budget = ram_budget()
@@ -329,22 +316,22 @@ def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
 
 
 def _load_split(name: str, samples, spec: PreprocessSpec, config: TrainConfig, budget: int | None,
-                progress: TrainProgress) -> Dataset:
+                progress: ProgressCallback | None) -> Dataset:
     need = cache_bytes(len(samples), spec.crop)
     if choose_cache(config.cache, need, budget) == "stream":
         if config.cache == "auto":
-            progress.message(f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM budget "
-                             f"left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
+            note(progress, "train", f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM "
+                 f"budget left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
         return StreamedSet(samples, spec, strict=config.strict, workers=config.workers, fill=name == "train")
-    progress.phase(f"decode {name}", len(samples))
-    return decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
+    return decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress,
+                       stage=f"decode {name}")
 
 
-def _report_skipped(skipped, progress: TrainProgress) -> None:
+def _report_skipped(skipped, progress: ProgressCallback | None) -> None:
     if skipped:
         shown = "; ".join(s.reason for s in skipped[:3])
-        progress.message(f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
-                         + (" ..." if len(skipped) > 3 else ""))
+        note(progress, "train", f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
+             + (" ..." if len(skipped) > 3 else ""))
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -388,14 +375,14 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
     stream = BatchStream(train_set, config.batch_size, spec, augment=config.augment, shuffle=True,
                          seed=config.seed, rank=dist.rank, world=dist.world)
     stream.epoch = epoch
-    progress.phase(f"epoch {epoch + 1}/{config.epochs}", len(stream.indices()) * dist.world)
     started = time.perf_counter()
-    sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress)
+    sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress,
+                           stage=f"epoch {epoch + 1}/{config.epochs}", total=len(stream.indices()) * dist.world)
     lr = optimizer.param_groups[0]["lr"]  # at the end of the epoch (the start of warm-up is ~0)
     seconds = time.perf_counter() - started
-    progress.phase("validate", len(val_set))
     val = evaluate(model, BatchStream(val_set, max(config.batch_size, 128), spec, rank=dist.rank,
-                                      world=dist.world, equal_steps=False), dist, config.amp, progress)
+                                      world=dist.world, equal_steps=False), dist, config.amp, progress,
+                   total=len(val_set))
     val_sums = _val_for_all_ranks(val, dist)
     return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],
             "val_loss": val_sums[0] / val_sums[3], "val_top1": val_sums[1] / val_sums[3],
@@ -404,15 +391,26 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
             "train_images_per_s": sums[2] / seconds, "train_images": int(sums[2]), "val_images": int(val_sums[3])}
 
 
+def epoch_line(row: dict[str, Any]) -> str:
+    """One epoch's metrics row as the line a person reads."""
+    return (f"train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}% | val loss {row['val_loss']:.3f} "
+            f"top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}% | "
+            f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
+
+
 def _autocast(device: str, enabled: bool):
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=enabled)
 
 
-def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable, progress) -> list[float]:
+def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable,
+                    progress: ProgressCallback | None = None, *, stage: str = "train",
+                    total: int | None = None) -> list[float]:
     """One pass; returns [loss sum, correct, count, gradient-norm sum, steps] summed over all ranks.
 
-    The gradient norm is the global L2 norm before clipping (what a diverging run shows first)."""
+    The gradient norm is the global L2 norm before clipping (what a diverging run shows first).
+    ``progress`` counts the images of ``stage`` (``total`` of them, all ranks), the loss as message."""
+    tally = Tally(progress, stage, total, "images").update()
     model.train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     totals = torch.zeros(5, dtype=torch.float64)
@@ -435,14 +433,17 @@ def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: I
         finite = math.isfinite(grad_norm)  # a CUDA fp16 step the scaler skips has an inf norm: not averaged
         totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n,
                                 grad_norm if finite else 0.0, float(finite)], dtype=torch.float64)
-        progress.advance(n * dist.world, loss=loss.item())
+        tally.advance(n * dist.world, f"loss {loss.item():.3f}")
     return _all_reduce(totals, dist).tolist()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None, amp: bool = False,
-             progress: TrainProgress | None = None) -> list[float]:
-    """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only)."""
+             progress: ProgressCallback | None = None, *, stage: str = "validate",
+             total: int | None = None) -> list[float]:
+    """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only); ``progress``
+    counts the images of ``stage`` (``total`` of them, all ranks)."""
+    tally = Tally(progress, stage, total, "images").update()
     device = dist.device if dist else "cpu"
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)
@@ -454,8 +455,7 @@ def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None
         totals += torch.tensor([nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
                                 (top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
                                 labels.shape[0]], dtype=torch.float64)
-        if progress:
-            progress.advance(labels.shape[0] * (dist.world if dist else 1))
+        tally.advance(labels.shape[0] * (dist.world if dist else 1))
     return totals.tolist()
 
 
@@ -685,5 +685,5 @@ def _wandb_run(config: TrainConfig, out: Path):
     return run
 
 
-__all__ = ["TrainConfig", "TrainProgress", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
+__all__ = ["TrainConfig", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
            "config_to_toml", "make_optimizer", "make_scheduler"]
