@@ -26,7 +26,7 @@ import torch
 
 from alexnet_deploy.alexnet.data import BatchStream, StreamedSet, decode_eval, resolve_splits, train_spec
 from alexnet_deploy.alexnet.model import build_model
-from alexnet_deploy.alexnet.train import TrainConfig, TrainProgress, DistContext, make_optimizer, make_scheduler, train_one_epoch
+from alexnet_deploy.alexnet.train import TrainConfig, DistContext, make_optimizer, make_scheduler, train_one_epoch
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 
 
@@ -48,7 +48,7 @@ def timed(config, model, optimizer, scheduler, scaler, batches) -> tuple[float, 
     The CPU-time rate is what to trust on a shared machine: other processes slow the wall clock of
     both sides, but the data pipeline's extra work shows up as extra CPU time of this process."""
     wall, cpu = time.perf_counter(), time.process_time()
-    sums = train_one_epoch(config, DistContext(), model, optimizer, scheduler, scaler, batches, TrainProgress())
+    sums = train_one_epoch(config, DistContext(), model, optimizer, scheduler, scaler, batches)
     return sums[2] / (time.perf_counter() - wall), sums[2] / (time.process_time() - cpu)
 
 

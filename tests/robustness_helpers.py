@@ -8,6 +8,7 @@ possible here the test is skipped with the reason.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,12 +27,20 @@ def run_cli(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args], obj={})
 
 
+# What the progress renderer writes when stderr is not a terminal ("stage: ..."), and a log record's start.
+_PROGRESS_LINE = re.compile(r"[A-Za-z0-9][\w ./-]*: ")
+_LOG_RECORD = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
 def one_error_line(result) -> str:
-    """The single `Error: ...` line a failed command prints (and no traceback)."""
+    """The single `Error: ...` line a failed command prints, last (and no traceback); before it
+    only the progress lines of the work done until then."""
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert lines and lines[-1].startswith("Error: "), result.stderr
+    assert all(_PROGRESS_LINE.match(ln) and not _LOG_RECORD.match(ln) and not ln.startswith("Error: ")
+               for ln in lines[:-1]), result.stderr
     assert "Traceback" not in result.output + result.stderr
-    return lines[0]
+    return lines[-1]
 
 
 def _cannot_write(directory: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,20 @@ def test_pack_unpack_verify_flow(bundle: Path, tmp_path: Path) -> None:
     assert "FAIL" not in result.output
     saved = json.loads((tmp_path / "verify.json").read_text())
     assert saved["ok"] is True and {c["check"] for c in saved["checks"]} >= {"sha256", "golden", "model metadata"}
+
+
+def test_verify_progress_is_two_plain_lines_on_stderr(bundle: Path, tmp_path: Path) -> None:
+    """Not a terminal (click's runner): the checks are counted in plain lines on stderr, the first
+    and the last (a quick run has none between); stdout keeps the table."""
+    result = run("verify", bundle, "--backend", "ort", "--precision", "fp32", "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    checks = json.loads((tmp_path / "v.json").read_text())["checks"]
+    last = checks[-1]
+    first, end = result.stderr.splitlines()
+    assert first == "verify: 1 checks, manifest manifest.json: pass"
+    assert re.fullmatch(rf"verify: {len(checks)} checks, [\d.]+ s, [\d.]+ checks/s, "
+                        rf"{last['check']} {re.escape(last['target'])}: {last['status']}", end), end
+    assert "verify:" not in result.stdout and "PASS" in result.stdout
 
 
 def test_verify_fails_with_exit_code_1(bundle: Path) -> None:

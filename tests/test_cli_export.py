@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from alexnet_deploy.cli import cli
+from robustness_helpers import one_error_line
 from stubs.fake_env import stand_ins  # noqa: F401 - pytest fixture
 
 torch = pytest.importorskip("torch")
@@ -29,12 +30,6 @@ def torchvision_state_dict(tmp_path_factory) -> Path:
 
 def run(*args: str):
     return CliRunner().invoke(cli, list(args), obj={})
-
-
-def one_error_line(result) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 def test_torchvision_state_dict_with_module_prefix_exports(torchvision_state_dict: Path, tmp_path: Path) -> None:

@@ -93,3 +93,29 @@ def test_help_and_bad_flag_subprocess(command):
     bad = subprocess.run([sys.executable, "-m", "alexnet_deploy", command, "--no-such-flag"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "No such option" in bad.stderr
+
+
+def test_piped_train_log_has_each_line_once(tmp_path):
+    """`alexnet-deploy train ... > log 2>&1`: no terminal, so plain lines instead of rich's bars
+    (which it would replay when it stops): each epoch's metrics line once, each stage's start and
+    end line once, no bars and no terminal control codes."""
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=4, size=40)
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "alexnet_deploy", "train", "--data", str(data), "--val-split",
+                               "0.25", "--image-size", "63", "--epochs", "2", "--batch-size", "6", "--workers", "1",
+                               "--out", str(tmp_path / "run")], stdout=log, stderr=subprocess.STDOUT, timeout=600)
+    text = (tmp_path / "log").read_text()
+    assert proc.returncode == 0, text
+    lines = text.splitlines()
+    for stage in ("decode train", "decode val", "epoch 1/2", "epoch 2/2"):
+        starts = [ln for ln in lines if re.fullmatch(rf"{stage}: 0/\d+ images \(0%\)", ln)]
+        ends = [ln for ln in lines if re.match(rf"{stage}: (\d+)/\1 images \(100%\), ", ln)]
+        assert len(starts) == len(ends) == 1, text
+    assert sum(ln.startswith("validate: 0/3 images (0%)") for ln in lines) == 2, text
+    for epoch in (1, 2):
+        assert sum(ln.startswith(f"epoch {epoch}/2: train loss ") for ln in lines) == 1, text
+    first_epoch = next(i for i, ln in enumerate(lines) if ln.startswith("epoch 1/2: train loss "))
+    second_start = next(i for i, ln in enumerate(lines) if ln.startswith("epoch 2/2: 0/"))
+    assert first_epoch < second_start, text   # printed as the epoch ended, not replayed at the end
+    assert not re.search(r"^(decode|epoch|validate).*━", text, re.M) and "\x1b[" not in text, text
+    assert sum(ln.startswith(("decode ", "epoch ", "validate", "train: ")) for ln in lines) == 15, text

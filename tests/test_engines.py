@@ -158,17 +158,23 @@ def _tries(env: dict[str, str]) -> list[list[int]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+def _kinds(events: list) -> list[str]:
+    """What happened, per engine event: the first word of its message."""
+    return [e.message.split(":", 1)[0] for e in events]
+
+
 def test_build_hit_and_rebuild_when_stale(bundle: Path, stand_in: dict[str, str]) -> None:
     events: list = []
     opts = BuildOptions(env=stand_in)
-    first = ensure_engine(bundle, "fp16", opts, on_event=events.append)
+    first = ensure_engine(bundle, "fp16", opts, progress=events.append)
     assert not first.cached and first.path.is_file() and first.path.name == "fp16-sm87-trt10.3.0.plan"
     assert first.key.onnx_file == "model.fp16.onnx" and first.key.gpu_name == "Orin (stand-in)"
     entry = read_manifest(bundle).artifact("fp16", "trt-plan")
     assert entry.built_with["cache_key"] == first.key.digest()
     assert entry.built_with["workspace_bytes"] == 2048 << 20, "half of the 4096 MiB free"
     assert (bundle / entry.built_with["sidecar"]).is_file()
-    assert [e.kind for e in events][:2] == ["stale", "attempt"] and events[-1].kind == "built"
+    assert _kinds(events)[:2] == ["stale", "attempt"] and _kinds(events)[-1] == "built"
+    assert {e.stage for e in events} == {"fp16 engine"} and all(e.is_note for e in events)
 
     mtime = first.path.stat().st_mtime_ns
     again = ensure_engine(bundle, "fp16", opts)
@@ -201,9 +207,9 @@ def test_oom_error_retries_with_less_workspace_and_lower_opt_level(bundle: Path,
     env = {**oom_stand_in, "OOM_FAIL_ABOVE_MB": "300"}
     events: list = []
     result = ensure_engine(bundle, "fp32", BuildOptions(env=env, workspace_gib=1.0, opt_level=4),
-                           on_event=events.append)
+                           progress=events.append)
     assert _tries(env) == [[1024, 4], [512, 2], [256, 1]]
-    assert [e.kind for e in events].count("oom") == 2 and not result.cached
+    assert _kinds(events).count("oom") == 2 and not result.cached
     assert result.attempts == (Attempt(1 << 30, 4), Attempt(512 << 20, 2), Attempt(256 << 20, 1))
     entry = read_manifest(bundle).artifact("fp32", "trt-plan")
     assert entry.built_with["workspace_bytes"] == 256 << 20 and entry.built_with["opt_level"] == 1
@@ -213,9 +219,9 @@ def test_killed_build_is_retried(bundle: Path, oom_stand_in) -> None:
     """The Jetson case: the kernel's OOM killer SIGKILLs the build process."""
     env = {**oom_stand_in, "OOM_KILL_ABOVE_MB": "600"}
     events: list = []
-    result = ensure_engine(bundle, "fp16", BuildOptions(env=env, workspace_gib=1.0), on_event=events.append)
+    result = ensure_engine(bundle, "fp16", BuildOptions(env=env, workspace_gib=1.0), progress=events.append)
     assert _tries(env) == [[1024, 3], [512, 2]] and result.path.is_file()
-    assert any(e.kind == "oom" and "signal 9" in e.message for e in events)
+    assert any(e.message.startswith("oom: ") and "signal 9" in e.message for e in events)
 
 
 def test_out_of_memory_every_time_is_a_clear_error(bundle: Path, oom_stand_in) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import json
 import shutil
@@ -16,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint  # noqa: E402
 from alexnet_deploy.alexnet.train import (  # noqa: E402
-    RECIPES, TrainConfig, TrainProgress, config_to_toml, load_config_file, lr_factor, train)
+    RECIPES, TrainConfig, config_to_toml, load_config_file, make_optimizer, make_scheduler, train)
 from alexnet_deploy.errors import AlexNetDeployError  # noqa: E402
 
 
@@ -32,17 +34,23 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-class _Recorder(TrainProgress):
+class _Recorder:
+    """A progress callback keeping each counted stage's (name, total), the notes and the epochs'
+    metrics rows; with ``stop_after`` it raises after that epoch, as a killed run."""
+
     def __init__(self, stop_after: int | None = None):
-        self.rows, self.phases, self.stop_after = [], [], stop_after
+        self.rows, self.phases, self.notes, self.stop_after = [], [], [], stop_after
 
-    def phase(self, name, total):
-        self.phases.append((name, total))
-
-    def epoch_end(self, row):
-        self.rows.append(row)
-        if self.stop_after is not None and row["epoch"] >= self.stop_after:
-            raise KeyboardInterrupt("simulated kill after an epoch")
+    def __call__(self, event):
+        if not event.is_note:
+            if event.done == 0:
+                self.phases.append((event.stage, event.total))
+            return
+        self.notes.append(event.message)
+        if event.metrics:
+            self.rows.append(dict(event.metrics))
+            if self.stop_after is not None and event.metrics["epoch"] >= self.stop_after:
+                raise KeyboardInterrupt("simulated kill after an epoch")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +69,8 @@ def test_training_lowers_the_loss_and_writes_the_run_dir(finished_run):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all((r["train_images"], r["val_images"]) == (18, 6) for r in rows)
-    assert len((out / "metrics.csv").read_text().splitlines()) == 4
+    table = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [(int(r["epoch"]), float(r["val_top1"])) for r in table] == [(r["epoch"], r["val_top1"]) for r in rows]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_checkpoint(out / "best.pt")
     assert best.metrics["val_top1"] == max(r["val_top1"] for r in rows)
@@ -70,19 +79,22 @@ def test_training_lowers_the_loss_and_writes_the_run_dir(finished_run):
     assert best.config["optimizer"] == "adamw" and "optimizer_state" not in best.raw
     assert "optimizer_state" in load_checkpoint(out / "last.pt").raw
     assert "epoch 3" in (out / "train.log").read_text()
-    assert ("decode train", 18) in progress.phases
+    assert progress.phases[:4] == [("decode train", 18), ("decode val", 6), ("epoch 1/3", 18), ("validate", 6)]
+    assert [row["epoch"] for row in progress.rows] == [1, 2, 3]
 
 
 def test_resume_is_bit_exact(tiny_data, tmp_path):
     """2 epochs in one go == 1 epoch, killed, then --resume for the 2nd (dropout, augmentation,
-    optimizer and cosine schedule state all restored)."""
-    straight = train(_config(tiny_data, tmp_path / "straight"))
+    optimizer and schedule state all restored; the kill falls inside the 4-step warm-up of the
+    3-step epochs, so the resumed run also switches from warm-up to cosine)."""
+    straight = train(_config(tiny_data, tmp_path / "straight", warmup_epochs=1.5))
     a = load_checkpoint(straight / "last.pt")
     shutil.rmtree(straight)  # ~0.9 GB of checkpoints; keeps the suite's peak disk use down
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny_data, tmp_path / "split"), _Recorder(stop_after=1))
+        train(_config(tiny_data, tmp_path / "split", warmup_epochs=1.5), _Recorder(stop_after=1))
     assert load_checkpoint(tmp_path / "split" / "last.pt").epoch == 1
-    resumed = train(_config(tiny_data, tmp_path / "split", resume=str(tmp_path / "split" / "last.pt")))
+    resumed = train(_config(tiny_data, tmp_path / "split", warmup_epochs=1.5,
+                            resume=str(tmp_path / "split" / "last.pt")))
     b = load_checkpoint(resumed / "last.pt")
     assert a.epoch == b.epoch == 2
     for key, value in a.model.state_dict().items():
@@ -108,11 +120,9 @@ def test_auto_cache_streams_only_the_split_over_the_ram_budget(tiny_data, tmp_pa
     # Budget for the 6 val images at 63 px but not the 18 train images at 66 px (real RAM cannot shrink).
     monkeypatch.setattr(train_module, "ram_budget", lambda: 6 * 3 * 63 * 63 + 1)
     progress = _Recorder()
-    messages: list[str] = []
-    progress.message = messages.append
     out = train(_config(tiny_data, tmp_path / "run", epochs=1), progress)
     assert [p for p in progress.phases if p[0].startswith("decode")] == [("decode val", 6)]
-    assert any(m.startswith("train: decoded images would need") for m in messages), messages
+    assert any(m.startswith("train: decoded images would need") for m in progress.notes), progress.notes
     assert progress.rows[0]["train_images"] == 18 and progress.rows[0]["val_images"] == 6
     shutil.rmtree(out)
 
@@ -121,6 +131,13 @@ def test_resume_refuses_a_checkpoint_without_optimizer_state(finished_run, tiny_
     out, _ = finished_run
     with pytest.raises(AlexNetDeployError, match="best.pt: has no optimizer state"):
         train(_config(tiny_data, tmp_path / "run2", resume=str(out / "best.pt")))
+
+
+def test_resume_refuses_another_schedule(finished_run, tiny_data, tmp_path):
+    out, _ = finished_run   # trained with the constant schedule
+    with pytest.raises(AlexNetDeployError, match="last.pt: its learning-rate schedule state does not fit "
+                                                 "--schedule cosine"):
+        train(_config(tiny_data, tmp_path / "run2", schedule="cosine", resume=str(out / "last.pt")))
 
 
 def test_paper_recipe_is_exact():
@@ -135,20 +152,77 @@ def test_paper_recipe_is_exact():
     assert (config.batch_size, TrainConfig(data="x").resolved().batch_size) == (128, 64)
 
 
-def test_lr_schedules():
-    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
-    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
-    assert lr_factor(99, 100, 10, "cosine") < 0.01
-    assert [lr_factor(s, 100, 0, "step") for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.01])
-    assert lr_factor(70, 100, 0, "constant") == 1.0
+def _lr_formula(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The schedule written out: the multiplier of the peak lr at optimizer step ``step``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
 
 
-def test_config_toml_round_trip_and_errors(tmp_path):
-    config = TrainConfig(data="d", val_split=0.1, epochs=3, amp=True).resolved()
-    (tmp_path / "c.toml").write_text(config_to_toml(config))
+def _lrs(config: TrainConfig, steps_per_epoch: int, steps: int, state: tuple | None = None) -> tuple[list, tuple]:
+    """The lr of each of ``steps`` optimizer steps and the one after them, and the
+    (optimizer, scheduler) state at the end; ``state`` continues from one."""
+    optimizer = make_optimizer(config, torch.nn.Linear(3, 2))
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    if state:
+        optimizer.load_state_dict(state[0])
+        scheduler.load_state_dict(state[1])
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    seen.append(optimizer.param_groups[0]["lr"])
+    return seen, (optimizer.state_dict(), scheduler.state_dict())
+
+
+@pytest.mark.parametrize("schedule, warmup_epochs, epochs, steps_per_epoch", [
+    ("cosine", 0.3, 5, 7), ("cosine", 0.0, 3, 4), ("cosine", 9.0, 2, 3), ("step", 0.0, 4, 25),
+    ("step", 1.5, 6, 3), ("constant", 0.5, 3, 4), ("constant", 0.0, 2, 2)])
+def test_schedule_follows_the_formula(schedule, warmup_epochs, epochs, steps_per_epoch):
+    """Every step's lr, so also each epoch's (metrics.jsonl's lr is the one after the epoch's last step)."""
+    config = TrainConfig(data="x", schedule=schedule, warmup_epochs=warmup_epochs, epochs=epochs, lr=0.01).resolved()
+    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    seen, _ = _lrs(config, steps_per_epoch, total)
+    assert seen == pytest.approx([0.01 * _lr_formula(s, total, warmup, schedule) for s in range(total + 1)],
+                                 rel=1e-9, abs=1e-15)
+    if (schedule, warmup) == ("step", 0):
+        assert [seen[s] for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_schedule_state_resumes_exactly_through_a_weights_only_load(schedule):
+    """Stopped inside the warm-up (before SequentialLR hands over) and saved the way last.pt is."""
+    config = TrainConfig(data="x", schedule=schedule, warmup_epochs=1.5, epochs=4, lr=0.01).resolved()
+    straight, _ = _lrs(config, 4, 16)
+    first, state = _lrs(config, 4, 5)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": state[0], "scheduler": state[1]}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    rest, _ = _lrs(config, 4, 11, (saved["optimizer"], saved["scheduler"]))
+    assert first[:-1] + rest == straight   # exactly, not approximately
+
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(data="d", val_split=0.1, epochs=3, amp=True),
+    TrainConfig(data='C:\\data\\"quoted" folder', val="v", recipe="paper", wandb="proj", lr=1e-5, warmup_epochs=0.25,
+                tensorboard=True, max_per_class=7)])
+def test_config_toml_round_trip(tmp_path, config):
+    config = config.resolved()
+    text = config_to_toml(config)
+    assert text.startswith("# resolved by alexnet-deploy train") and "\n[train]\n" in text
+    assert "overwrite" not in text and "resume" not in text   # never written / None: left out
+    (tmp_path / "c.toml").write_text(text)
     assert TrainConfig(**load_config_file(tmp_path / "c.toml")) == config
+
+
+def test_config_file_errors(tmp_path):
     (tmp_path / "bad.toml").write_text("[train]\nbatch-size = 8\nlearning-rate = 1\n")
     with pytest.raises(AlexNetDeployError, match=r"bad\.toml: unknown keys \['learning_rate'\]"):
         load_config_file(tmp_path / "bad.toml")

@@ -24,13 +24,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, one_ahead, resize_and_crop
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.deploy.system import mem_available
 from alexnet_deploy.errors import DataError
 
@@ -211,10 +212,11 @@ def train_spec(resize: int) -> PreprocessSpec:
 
 
 def decode_eval(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool = False, workers: int = 2,
-                progress: Callable[[int], None] | None = None) -> DecodedSet:
+                progress: ProgressCallback | None = None, stage: str = "decode") -> DecodedSet:
     """Decode into RAM at exactly ``deploy.preprocess``'s resize + centre crop, as uint8 (evaluation
-    data; training data uses ``train_spec(resize)``)."""
-    return _decode(samples, spec, strict=strict, workers=workers, progress=progress)
+    data; training data uses ``train_spec(resize)``); ``progress`` counts the images."""
+    tally = Tally(progress, stage, len(samples), "images")
+    return _decode(samples, spec, strict=strict, workers=workers, tally=tally)
 
 
 def cache_bytes(count: int, size: int) -> int:
@@ -245,9 +247,9 @@ def _decode_one(path: Path, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def _decode(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool, workers: int,
-            progress: Callable[[int], None] | None) -> DecodedSet:
+def _decode(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool, workers: int, tally: Tally) -> DecodedSet:
     _check_cache_size(len(samples), spec.crop)
+    tally.update()
     images = torch.empty((len(samples), 3, spec.crop, spec.crop), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.int64)
     skipped: list[SkippedFile] = []
@@ -271,8 +273,7 @@ def _decode(samples: Sequence[Sample], spec: PreprocessSpec, *, strict: bool, wo
                 images[kept] = torch.from_numpy(array)
                 labels[kept] = label
                 kept += 1
-            if progress is not None:
-                progress(1)
+            tally.advance()
     return DecodedSet(images[:kept].clone() if kept < len(samples) else images, labels[:kept], tuple(skipped))
 
 

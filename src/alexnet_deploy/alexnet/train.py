@@ -11,7 +11,9 @@ The run directory gets ``best.pt``, ``last.pt``, ``metrics.jsonl``, ``metrics.cs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_deploy.alexnet.data import (
@@ -32,8 +35,10 @@ from alexnet_deploy.alexnet.data import (
     ram_budget, resolve_splits, train_spec)
 from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
 from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
-from alexnet_deploy.errors import AlexNetDeployError, CheckpointError, MissingDependency
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally, note
+from alexnet_deploy.errors import AlexNetDeployError, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +168,7 @@ def field_type_problem(name: str, value: Any) -> str | None:
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML file keyed by flag names (``batch-size`` or ``batch_size``); unknown keys are errors."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise MissingDependency("--config on Python 3.10 needs tomli: pip install tomli") from exc
+    tomllib = require("tomllib", "tomli", package="tomli", needed_for="--config on Python 3.10")
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -192,29 +191,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_to_toml(config: TrainConfig) -> str:
     """The resolved config as TOML (``None`` values are left out: TOML has no null)."""
-    lines = ["# resolved by alexnet-deploy train; usable as --config", "[train]"]
-    for key, value in config.to_dict().items():
-        if value is not None and key != "overwrite":
-            lines.append(f"{key.replace('_', '-')} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
-class TrainProgress:
-    """Callbacks from ``train()`` (the library never prints; the CLI renders these).
-
-    Raising from a callback stops training (tests use this to simulate an interrupted run)."""
-
-    def phase(self, name: str, total: int) -> None:
-        """A new phase (``decode train``, ``epoch 1/5``, ``validate``) of ``total`` images."""
-
-    def advance(self, images: int, **info: float) -> None:
-        """``images`` more images done in the current phase; ``info`` e.g. the running loss."""
-
-    def epoch_end(self, row: dict[str, Any]) -> None:
-        """One epoch's metrics row (what goes to metrics.jsonl)."""
-
-    def message(self, text: str) -> None:
-        """A one-line note (data summary, skipped files, where the run is written)."""
+    tomli_w = require("tomli_w", package="tomli-w", needed_for="writing config.toml")
+    values = {key.replace("_", "-"): value for key, value in config.to_dict().items()
+              if value is not None and key != "overwrite"}
+    return "# resolved by alexnet-deploy train; usable as --config\n" + tomli_w.dumps({"train": values})
 
 
 @dataclass(frozen=True)
@@ -230,9 +210,13 @@ class DistContext:
         return self.rank == 0
 
 
-def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
-    """Train a model as configured; returns the run directory."""
-    progress = progress or TrainProgress()
+def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Path:
+    """Train a model as configured; returns the run directory.
+
+    ``progress`` gets counts for each stage (``decode train``, ``epoch 1/5``, ``validate``; in images,
+    with the running loss as the message) and notes: the data summary, skipped files, and one per
+    epoch whose metrics are that epoch's metrics.jsonl row. Raising from it stops training (tests
+    use this to simulate an interrupted run)."""
     config = config.resolved()
     dist = _setup_distributed(config.device)
     out = Path(config.out)
@@ -240,7 +224,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
         check_run_dir(out, config)
     run_log = _RunLog(out) if dist.main else None
     try:
-        return _train(config, dist, out, progress if dist.main else TrainProgress())
+        return _train(config, dist, out, progress if dist.main else None)
     finally:
         if run_log is not None:
             run_log.close()
@@ -248,7 +232,7 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> Path:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainProgress) -> Path:
+def _train(config: TrainConfig, dist: DistContext, out: Path, progress: ProgressCallback | None) -> Path:
     if config.resume and not Path(config.resume).is_file():
         raise CheckpointError(f"--resume {config.resume}: no such file; pass the run's last.pt")
     torch.manual_seed(config.seed)
@@ -268,8 +252,8 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", config_to_toml(config))
-        progress.message(f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
-                         f"{len(splits.classes)} classes; writing {out}")
+        note(progress, "train", f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
+                                f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
     streamed = [s for s in (train_set, val_set) if isinstance(s, StreamedSet)]   # find bad files as they go
     completed = False
@@ -285,7 +269,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: TrainPro
                 _write_epoch(config, out, model, splits.classes, spec, row, history, optimizer, scheduler, scaler)
                 if loggers:
                     loggers.log(row)
-                progress.epoch_end(row)
+                note(progress, f"epoch {row['epoch']}/{config.epochs}", epoch_line(row), row)
         completed = True
     finally:  # an interrupted run still flushes what its loggers have, marked as failed
         if loggers:
@@ -316,7 +300,7 @@ Dataset = DecodedSet | StreamedSet
 
 
 def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
-                   progress: TrainProgress) -> tuple[Dataset, Dataset]:
+                   progress: ProgressCallback | None) -> tuple[Dataset, Dataset]:
     """Each split decoded into RAM or streamed (``--cache``; auto keeps in RAM what fits the budget,
     the training set first)."""
     budget = ram_budget()
@@ -332,22 +316,22 @@ def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
 
 
 def _load_split(name: str, samples, spec: PreprocessSpec, config: TrainConfig, budget: int | None,
-                progress: TrainProgress) -> Dataset:
+                progress: ProgressCallback | None) -> Dataset:
     need = cache_bytes(len(samples), spec.crop)
     if choose_cache(config.cache, need, budget) == "stream":
         if config.cache == "auto":
-            progress.message(f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM budget "
-                             f"left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
+            note(progress, "train", f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM "
+                 f"budget left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
         return StreamedSet(samples, spec, strict=config.strict, workers=config.workers, fill=name == "train")
-    progress.phase(f"decode {name}", len(samples))
-    return decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress.advance)
+    return decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress,
+                       stage=f"decode {name}")
 
 
-def _report_skipped(skipped, progress: TrainProgress) -> None:
+def _report_skipped(skipped, progress: ProgressCallback | None) -> None:
     if skipped:
         shown = "; ".join(s.reason for s in skipped[:3])
-        progress.message(f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
-                         + (" ..." if len(skipped) > 3 else ""))
+        note(progress, "train", f"skipped {len(skipped)} unreadable file(s) (--strict makes this fatal): {shown}"
+             + (" ..." if len(skipped) > 3 else ""))
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -362,39 +346,43 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (linear warm-up, then the schedule)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    # step: divide by 10 at 50 % and 75 % of training (the paper divided on plateaus, 3 times in 90 epochs)
-    return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-
-
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step LambdaLR (its state_dict is plain numbers, so checkpoints stay weights_only-safe)."""
+    """Stepped once per optimizer step: a linear warm-up over ``warmup_epochs`` (from 1/warmup of
+    the peak lr to the peak), then cosine decay to 0, the step schedule or a constant lr.
+
+    Its state_dict (plain numbers and a Counter, both weights_only-safe) is saved in last.pt, so
+    --resume continues exactly where the run stopped."""
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    schedule = config.schedule
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, schedule))
+    after = _after_warmup(config.schedule, optimizer, max(1, total - warmup))
+    if not warmup:
+        return after
+    ramp = LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [ramp, after], milestones=[warmup])
+
+
+def _after_warmup(schedule: str, optimizer: torch.optim.Optimizer, steps: int):
+    """The schedule of the ``steps`` optimizer steps after the warm-up."""
+    if schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=steps)
+    if schedule == "step":
+        # Divide by 10 at 50 % and 75 % of training (the paper divided on plateaus, 3 times in 90 epochs).
+        return MultiStepLR(optimizer, milestones=[math.ceil(0.5 * steps), math.ceil(0.75 * steps)], gamma=0.1)
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val_set, spec, epoch, progress):
     stream = BatchStream(train_set, config.batch_size, spec, augment=config.augment, shuffle=True,
                          seed=config.seed, rank=dist.rank, world=dist.world)
     stream.epoch = epoch
-    progress.phase(f"epoch {epoch + 1}/{config.epochs}", len(stream.indices()) * dist.world)
     started = time.perf_counter()
-    sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress)
+    sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress,
+                           stage=f"epoch {epoch + 1}/{config.epochs}", total=len(stream.indices()) * dist.world)
     lr = optimizer.param_groups[0]["lr"]  # at the end of the epoch (the start of warm-up is ~0)
     seconds = time.perf_counter() - started
-    progress.phase("validate", len(val_set))
     val = evaluate(model, BatchStream(val_set, max(config.batch_size, 128), spec, rank=dist.rank,
-                                      world=dist.world, equal_steps=False), dist, config.amp, progress)
+                                      world=dist.world, equal_steps=False), dist, config.amp, progress,
+                   total=len(val_set))
     val_sums = _val_for_all_ranks(val, dist)
     return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],
             "val_loss": val_sums[0] / val_sums[3], "val_top1": val_sums[1] / val_sums[3],
@@ -403,15 +391,26 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
             "train_images_per_s": sums[2] / seconds, "train_images": int(sums[2]), "val_images": int(val_sums[3])}
 
 
+def epoch_line(row: dict[str, Any]) -> str:
+    """One epoch's metrics row as the line a person reads."""
+    return (f"train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}% | val loss {row['val_loss']:.3f} "
+            f"top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}% | "
+            f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
+
+
 def _autocast(device: str, enabled: bool):
     kind = "cuda" if device.startswith("cuda") else "cpu"
     return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=enabled)
 
 
-def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable, progress) -> list[float]:
+def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable,
+                    progress: ProgressCallback | None = None, *, stage: str = "train",
+                    total: int | None = None) -> list[float]:
     """One pass; returns [loss sum, correct, count, gradient-norm sum, steps] summed over all ranks.
 
-    The gradient norm is the global L2 norm before clipping (what a diverging run shows first)."""
+    The gradient norm is the global L2 norm before clipping (what a diverging run shows first).
+    ``progress`` counts the images of ``stage`` (``total`` of them, all ranks), the loss as message."""
+    tally = Tally(progress, stage, total, "images").update()
     model.train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     totals = torch.zeros(5, dtype=torch.float64)
@@ -434,14 +433,17 @@ def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: I
         finite = math.isfinite(grad_norm)  # a CUDA fp16 step the scaler skips has an inf norm: not averaged
         totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n,
                                 grad_norm if finite else 0.0, float(finite)], dtype=torch.float64)
-        progress.advance(n * dist.world, loss=loss.item())
+        tally.advance(n * dist.world, f"loss {loss.item():.3f}")
     return _all_reduce(totals, dist).tolist()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None, amp: bool = False,
-             progress: TrainProgress | None = None) -> list[float]:
-    """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only)."""
+             progress: ProgressCallback | None = None, *, stage: str = "validate",
+             total: int | None = None) -> list[float]:
+    """[loss sum, top-1 correct, top-5 correct, count] over ``stream`` (this rank only); ``progress``
+    counts the images of ``stage`` (``total`` of them, all ranks)."""
+    tally = Tally(progress, stage, total, "images").update()
     device = dist.device if dist else "cpu"
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)
@@ -453,8 +455,7 @@ def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None
         totals += torch.tensor([nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
                                 (top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
                                 labels.shape[0]], dtype=torch.float64)
-        if progress:
-            progress.advance(labels.shape[0] * (dist.world if dist else 1))
+        tally.advance(labels.shape[0] * (dist.world if dist else 1))
     return totals.tolist()
 
 
@@ -524,7 +525,7 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"{config.resume}: optimizer state does not fit --optimizer {config.optimizer} "
                               f"({exc}); resume with the run's original flags") from exc
-    scheduler.load_state_dict(raw["scheduler_state"])
+    _load_schedule(config, scheduler, raw["scheduler_state"])
     if "scaler_state" in raw:
         scaler.load_state_dict(raw["scaler_state"])
     # Metrics of the earlier epochs: from --out, or from the resumed run's directory when --out is new.
@@ -532,6 +533,24 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     best = max((row["val_top1"] for row in history), default=float("-inf"))
     log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
     return ckpt.epoch, best, history, raw.get("rng_state")
+
+
+def _load_schedule(config: TrainConfig, scheduler, state: dict) -> None:
+    """Continue the saved schedule; refuse one of another kind (another --schedule, warm-up or
+    none, or a checkpoint from before the schedule was made of torch's schedulers), which
+    load_state_dict would take without complaint and then step wrongly."""
+    if _schedule_signature(state) != _schedule_signature(scheduler.state_dict()):
+        raise CheckpointError(f"{config.resume}: its learning-rate schedule state does not fit --schedule "
+                              f"{config.schedule} with --warmup-epochs {config.warmup_epochs}; resume with the run's "
+                              "original flags and alexnet-deploy version")
+    scheduler.load_state_dict(state)
+
+
+def _schedule_signature(state: dict) -> tuple:
+    """The public keys of a scheduler's state (its constructor's arguments; the private ones vary
+    between torch versions), and those of the schedulers a SequentialLR chains."""
+    return (sorted(k for k in state if not k.startswith("_")),
+            [_schedule_signature(inner) for inner in state.get("_schedulers", ())])
 
 
 def _read_history(out: Path, upto: int) -> list[dict]:
@@ -557,10 +576,11 @@ def _write_epoch(config, out, model, classes, spec, row, history, optimizer, sch
 
 
 def _csv(history: list[dict]) -> str:
-    lines = [",".join(METRIC_FIELDS)]
-    for row in history:
-        lines.append(",".join(f"{row.get(k, '')}" for k in METRIC_FIELDS))
-    return "\n".join(lines) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
 
 
 def _plot(path: Path, history: list[dict]) -> None:
@@ -646,19 +666,13 @@ class _ExternalLoggers:
 
 
 def _tensorboard_writer(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # torch's module imports the tensorboard package
-        raise MissingDependency("--tensorboard needs the tensorboard package: "
-                                "pip install 'alexnet-deploy[tensorboard]'") from exc
-    return SummaryWriter(log_dir=str(log_dir))
+    # torch's module imports the tensorboard package, so its ImportError means that one is missing.
+    tensorboard = require("torch.utils.tensorboard", package="tensorboard", needed_for="--tensorboard")
+    return tensorboard.SummaryWriter(log_dir=str(log_dir))
 
 
 def _wandb_run(config: TrainConfig, out: Path):
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependency("--wandb needs the wandb package: pip install 'alexnet-deploy[wandb]'") from exc
+    wandb = require("wandb", package="wandb", needed_for="--wandb")
     try:
         run = wandb.init(project=config.wandb, name=out.name, dir=str(out), config=config.to_dict(),
                          job_type="train")
@@ -671,5 +685,5 @@ def _wandb_run(config: TrainConfig, out: Path):
     return run
 
 
-__all__ = ["TrainConfig", "TrainProgress", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
-           "config_to_toml", "make_optimizer", "make_scheduler", "lr_factor"]
+__all__ = ["TrainConfig", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
+           "config_to_toml", "make_optimizer", "make_scheduler"]

@@ -8,17 +8,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS, require_valid, write_qdq
 from alexnet_deploy.calibration.report import Accuracy, LayerSensitivity
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
-
 
 @dataclass(frozen=True, eq=False)
 class Evaluation:
@@ -106,23 +104,24 @@ def quantize_and_measure(fp32_path: Path, out_path: Path, ranges: dict[str, floa
 
 
 def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: Sequence[str],
-                baseline: Accuracy, evaluation: Evaluation, progress: Progress | None = None,
+                baseline: Accuracy, evaluation: Evaluation, progress: ProgressCallback | None = None,
                 by_agreement: bool = False, weight_bits: int = DEFAULT_WEIGHT_BITS) -> list[LayerSensitivity]:
     """Leave-one-out: for each layer, quantize everything else and measure what is won back.
 
     Sorted most sensitive first: top-1 gain then agreement gain, or the other way round with
     ``by_agreement`` (when agreement is what misses the budget). AlexNet has 8 such layers
     (10 when adaptive pooling is exported as two MatMuls), so this is 8-10 quantize+evaluate rounds.
+    ``progress`` counts the layers (stage ``sensitivity``).
     """
     results = []
-    for done, layer in enumerate(layers, 1):
+    tally = Tally(progress, "sensitivity", len(layers), "layers").update()
+    for layer in layers:
         acc = quantize_and_measure(fp32_path, work / "sensitivity.onnx", ranges, [layer], evaluation, weight_bits)
         gain = (acc.top1 or 0.0) - (baseline.top1 or 0.0)
         results.append(LayerSensitivity(layer=layer, accuracy=acc, gain=round(gain, 4),
                                         agreement_gain=round((acc.agreement or 0) - (baseline.agreement or 0), 4)))
         log.info("sensitivity %s: top-1 %+.2f, agreement %+.2f", layer, gain, results[-1].agreement_gain)
-        if progress:
-            progress("sensitivity", done, len(layers))
+        tally.advance()
     if by_agreement:
         return sorted(results, key=lambda r: (-r.agreement_gain, -r.gain))
     return sorted(results, key=lambda r: (-r.gain, -r.agreement_gain))
@@ -130,12 +129,13 @@ def sensitivity(fp32_path: Path, work: Path, ranges: dict[str, float], layers: S
 
 def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: Sequence[LayerSensitivity],
                 evaluation: Evaluation, target: Budget, baseline: tuple[Path, Accuracy],
-                progress: Progress | None = None,
+                progress: ProgressCallback | None = None,
                 weight_bits: int = DEFAULT_WEIGHT_BITS) -> tuple[tuple[str, ...], Accuracy, bool]:
     """Keep layers in float, most sensitive first, until ``target`` is met.
 
     ``baseline`` is the all-int8 model and its accuracy. Returns (layers kept in float, accuracy
-    reached, met); the best model reached is left at ``work / "budget.onnx"``.
+    reached, met); the best model reached is left at ``work / "budget.onnx"``. ``progress`` counts
+    the layers tried (stage ``budget``).
     """
     fp32_top1 = evaluation.fp32_accuracy.top1
     shutil.copyfile(baseline[0], work / "budget.onnx")
@@ -143,7 +143,8 @@ def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: S
     kept: list[str] = []
     # Keeping every layer in float would leave no int8 model at all: stop one short of that.
     candidates = list(ranked)[:-1]
-    for done, item in enumerate(candidates, 1):
+    tally = Tally(progress, "budget", len(candidates), "layers").update()
+    for item in candidates:
         kept.append(item.layer)
         candidate = work / "candidate.onnx"
         acc = quantize_and_measure(fp32_path, candidate, ranges, kept, evaluation, weight_bits)
@@ -151,8 +152,7 @@ def meet_budget(fp32_path: Path, work: Path, ranges: dict[str, float], ranked: S
         if met or score(acc, fp32_top1) > score(best[1], fp32_top1):
             best = (tuple(kept), acc)
             candidate.replace(work / "budget.onnx")
-        if progress:
-            progress("budget", done, len(candidates))
+        tally.advance()
         if met:
             return best[0], best[1], True
     return best[0], best[1], False

@@ -22,16 +22,18 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from alexnet_deploy.deploy.files import atomic_write_bytes
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE_MAX_GIB = 2.0
+ROLE_STAGES = {"calib": "calibration images", "val": "validation images"}   # progress stage of each role
 
 
 def default_cache_dir() -> Path:
@@ -75,9 +77,6 @@ def prune_cache(cache_dir: str | os.PathLike, keep: Path | None = None, budget: 
         log.info("calibration cache over %.1f GiB: removed %d least recently used set(s)", budget / 1024**3,
                  len(removed))
     return removed
-
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,11 +138,12 @@ def cache_key(root: Path, listing: Sequence[tuple[Path, int]], chosen: Sequence[
 
 def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed: int = 0, role: str = "calib",
              exclude: Sequence[str] = (), cache_dir: str | os.PathLike | None = None,
-             progress: Progress | None = None) -> CalibrationSet:
+             progress: ProgressCallback | None = None) -> CalibrationSet:
     """A stratified sample of ``count`` images from ``root`` (one sub-folder per class).
 
     ``exclude`` are relative names that must not be chosen (e.g. the calibration sample when
-    this is the held-out validation set). Cached in ``cache_dir`` when given.
+    this is the held-out validation set). Cached in ``cache_dir`` when given. ``progress`` counts
+    the images decoded (stage ``calibration images`` or ``validation images``; none on a cache hit).
     """
     root = Path(root)
     if count <= 0:
@@ -165,7 +165,8 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
             return cached
     # Read the cap before decoding, so a bad $ALEXNET_DEPLOY_CACHE_MAX_GIB fails before the slow part.
     budget = cache_budget_bytes() if cache_path is not None else None
-    crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, progress)
+    tally = Tally(progress, ROLE_STAGES.get(role, f"{role} images"), len(chosen), "images").update()
+    crops, labels, files, skipped = _decode(root, [listing[i] for i in chosen], spec, tally)
     if cache_path is not None:
         _write_cache(cache_path, key, crops, labels, files, skipped)
         prune_cache(cache_path.parent, keep=cache_path, budget=budget)
@@ -174,10 +175,10 @@ def load_set(root: str | os.PathLike, spec: PreprocessSpec, *, count: int, seed:
                           skipped=skipped)
 
 
-def _decode(root: Path, chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec, progress: Progress | None):
+def _decode(root: Path, chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec, tally: Tally):
     """uint8 HWC crops, labels, relative names and skipped names of the chosen files."""
     crops, labels, files, skipped = [], [], [], []
-    for done, (path, label) in enumerate(chosen, 1):
+    for path, label in chosen:
         relative = path.relative_to(root).as_posix()
         try:
             crops.append(np.asarray(resize_and_crop(load_image(path), spec), dtype=np.uint8))
@@ -188,8 +189,7 @@ def _decode(root: Path, chosen: Sequence[tuple[Path, int]], spec: PreprocessSpec
         else:
             labels.append(label)
             files.append(relative)
-        if progress:
-            progress(done, len(chosen))
+        tally.advance()
     if not crops:
         raise DataError(f"{root}: none of the {len(chosen)} chosen images could be read (first: {skipped[0]})")
     return np.stack(crops), np.asarray(labels, np.int64), tuple(files), tuple(skipped)

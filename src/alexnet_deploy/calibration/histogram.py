@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ METHODS = ("minmax", "entropy", "percentile")
 NUM_BINS = 2048
 QUANT_BINS = 128          # int8 symmetric: 127 positive levels + zero, as TensorRT's entropy calibrator
 PERCENTILE = 99.99
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +136,9 @@ def augmented_model(model, tensors: Iterable[str]) -> bytes:
 
 
 def collect(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32,
-            progress: Progress | None = None) -> dict[str, Histogram]:
-    """Run ORT once over ``images`` and return an |x| histogram for every activation tensor."""
+            progress: ProgressCallback | None = None) -> dict[str, Histogram]:
+    """Run ORT once over ``images`` and return an |x| histogram for every activation tensor;
+    ``progress`` counts the batches (stage ``activations``)."""
     import onnx
 
     from alexnet_deploy.deploy.onnxrt import cpu_session
@@ -149,12 +150,12 @@ def collect(model_path: str | os.PathLike, images: np.ndarray, batch_size: int =
     input_name = session.get_inputs()[0].name
     accumulators = {name: _Accumulator() for name in tensors}
     starts = range(0, len(images), batch_size)
-    for step, start in enumerate(starts, 1):
+    tally = Tally(progress, "activations", len(starts), "batches").update()
+    for start in starts:
         batch = np.ascontiguousarray(images[start:start + batch_size], np.float32)
         for name, value in zip(tensors, session.run(tensors, {input_name: batch})):
             accumulators[name].add(value)
-        if progress:
-            progress(step, len(starts))
+        tally.advance()
     return {name: acc.result() for name, acc in accumulators.items()}
 
 

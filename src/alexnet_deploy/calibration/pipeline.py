@@ -9,7 +9,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -20,13 +19,13 @@ from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, Calibr
 from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
 from alexnet_deploy.deploy.files import atomic_write_bytes
 from alexnet_deploy.deploy.precision import PRECISIONS
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
 
 INT8_FILE = PRECISIONS["int8"].onnx_file
 AUTO_ORDER = ("entropy", "percentile", "minmax")   # ties go to the earlier (TensorRT's default first)
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class _Request:
 def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathLike | None, num_images: int = 512,
                      method: str = "auto", batch_size: int = 32, max_drop: float | None = None,
                      val_dir: str | os.PathLike | None = None, seed: int = 0, allow_random: bool = False,
-                     progress: Progress | None = None, num_val: int = 1000,
+                     progress: ProgressCallback | None = None, num_val: int = 1000,
                      report_path: str | os.PathLike | None = None,
                      min_agreement: float | None = None,
                      weight_bits: int = qdq.DEFAULT_WEIGHT_BITS) -> CalibrationReport:
@@ -58,7 +57,9 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     calibration). ``method="auto"`` tries entropy, percentile and minmax and keeps the best
     (top-1, capped at fp32's, then agreement with fp32). With ``max_drop`` (top-1 points) and/or
     ``min_agreement`` (% of held-out images whose top-1 matches fp32), the most sensitive layers
-    are kept in float until both hold, else BudgetNotMet (a CalibrationError) carries the report. ``progress(stage, done, total)`` is called as work advances. Without ``calib_dir``
+    are kept in float until both hold, else BudgetNotMet (a CalibrationError) carries the report.
+    ``progress`` gets a count per stage (calibration images, validation images, activations,
+    methods, sensitivity, budget) as work advances. Without ``calib_dir``
     calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
     ``weight_bits`` 7 (default) gives a model every CPU computes correctly; 8 is for TensorRT or
     CPUs with VNNI/AMX/ARM int8 dot products only (see deploy/cpu.py). Accuracy is measured on the
@@ -75,7 +76,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     evaluation, notes = _timed(timings, "validation",
                                lambda: _evaluation(request, manifest, calib, fp32_path, progress))
     histograms = _timed(timings, "histograms", lambda: histogram.collect(
-        fp32_path, calib.images, request.batch_size, _stage(progress, "activations")))
+        fp32_path, calib.images, request.batch_size, progress))
     staged = request.bundle / f".{INT8_FILE}.staged"
     try:
         results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation,
@@ -154,10 +155,6 @@ def _timed(timings: dict[str, float], name: str, fn):
     return result
 
 
-def _stage(progress: Progress | None, stage: str):
-    return (lambda done, total: progress(stage, done, total)) if progress else None
-
-
 def _fp32_model(bundle: Path, manifest: Manifest) -> Path:
     artifact = manifest.artifact("fp32", "onnx")
     if artifact is None:
@@ -166,17 +163,18 @@ def _fp32_model(bundle: Path, manifest: Manifest) -> Path:
     return verify_artifact(bundle, artifact)
 
 
-def _calibration_set(request: _Request, manifest: Manifest, progress: Progress | None) -> dataset.CalibrationSet:
+def _calibration_set(request: _Request, manifest: Manifest,
+                     progress: ProgressCallback | None) -> dataset.CalibrationSet:
     if request.calib_dir is None:
         log.warning("RANDOM calibration: the int8 model's accuracy is meaningless; use it for latency only")
         return dataset.random_set(manifest.preprocess, request.num_images, request.seed)
     return dataset.load_set(request.calib_dir, manifest.preprocess, count=request.num_images, seed=request.seed,
                             role="calib", cache_dir=dataset.default_cache_dir(),
-                            progress=_stage(progress, "calibration images"))
+                            progress=progress)
 
 
 def _evaluation(request: _Request, manifest: Manifest, calib: dataset.CalibrationSet, fp32_path: Path,
-                progress: Progress | None) -> tuple[budget.Evaluation | None, list[str]]:
+                progress: ProgressCallback | None) -> tuple[budget.Evaluation | None, list[str]]:
     folder = request.val_dir or request.calib_dir
     if folder is None:
         note = "no held-out images (random calibration without --val): accuracy not measured"
@@ -185,7 +183,7 @@ def _evaluation(request: _Request, manifest: Manifest, calib: dataset.Calibratio
     try:
         val = dataset.load_set(folder, manifest.preprocess, count=request.num_val, seed=request.seed + 1, role="val",
                                exclude=calib.files if same else (), cache_dir=dataset.default_cache_dir(),
-                               progress=_stage(progress, "validation images"))
+                               progress=progress)
     except DataError as exc:
         return _no_evaluation(request, f"no held-out images: {exc}")
     labels = _map_labels(val, manifest.classes)
@@ -218,12 +216,13 @@ def _map_labels(val: dataset.CalibrationSet, classes: tuple[str, ...]) -> np.nda
 
 
 def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, evaluation,
-                 progress: Progress | None) -> list[MethodResult]:
+                 progress: ProgressCallback | None) -> list[MethodResult]:
     methods = AUTO_ORDER if request.method == "auto" else (request.method,)
     if request.method == "auto" and evaluation is None:
         methods = ("entropy",)
     results = []
-    for done, name in enumerate(methods, 1):
+    tally = Tally(progress, "methods", len(methods), "methods").update()
+    for name in methods:
         start = time.perf_counter()
         ranges = histogram.thresholds(histograms, name)
         out = work / f"{name}.onnx"
@@ -234,12 +233,11 @@ def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, eva
             qdq.require_valid(out)
         acc = budget.measure(out, evaluation) if evaluation is not None else None
         results.append(MethodResult(name, acc, round(seconds, 3), {k: round(v, 6) for k, v in ranges.items()}))
-        if progress:
-            progress("methods", done, len(methods))
+        tally.advance(message=name)
     return results
 
 
-def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progress: Progress | None,
+def _quantize(request: _Request, fp32_path: Path, histograms, evaluation, progress: ProgressCallback | None,
               timings: dict[str, float], staged: Path):
     """Try the methods, best first, and apply the budget to each until one meets it; write that
     model to ``staged`` (none when every method missed). Returns (results, chosen, kept float,
@@ -270,7 +268,7 @@ def _ranked(results: list[MethodResult], fp32_top1: float | None) -> list[Method
 
 
 def _apply_budget(request: _Request, fp32_path: Path, work: Path, chosen: MethodResult, evaluation,
-                  progress: Progress | None, timings: dict[str, float]):
+                  progress: ProgressCallback | None, timings: dict[str, float]):
     """(final model path, layers kept float, sensitivity ranking, int8 accuracy, met: bool | None)."""
     path, acc = work / f"{chosen.method}.onnx", chosen.accuracy
     if not request.budget.active or evaluation is None:

@@ -44,6 +44,7 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
     from rich.console import Console
 
     from alexnet_deploy.calibration import BudgetNotMet, calibrate_bundle
+    from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy.files import bundle_lock
 
     _check_outputs(bundle, report_file)
@@ -52,10 +53,10 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
         console.print("[bold red]WARNING: random calibration. The int8 model's accuracy is meaningless; it is "
                       "stamped random in the manifest and in bench output. Use it for latency only.[/]")
     try:
-        with bundle_lock(bundle, "BUNDLE"), _progress(console) as update:
+        with bundle_lock(bundle, "BUNDLE"), progress_renderer() as progress:
             report = calibrate_bundle(bundle, calib_dir=calib_dir, num_images=num_images, method=method,
                                       batch_size=batch_size, max_drop=max_drop, val_dir=val_dir, seed=seed,
-                                      allow_random=allow_random_calibration, progress=update, num_val=num_val,
+                                      allow_random=allow_random_calibration, progress=progress, num_val=num_val,
                                       report_path=report_file, min_agreement=min_agreement,
                                       weight_bits=int(weight_bits))
     except BudgetNotMet as exc:
@@ -75,29 +76,6 @@ def _check_outputs(bundle: Path, report_file: Path | None) -> None:
     check_writable(bundle, "BUNDLE", directory=True)
     if report_file is not None:
         check_writable(report_file, "--report")
-
-
-class _progress:
-    """A rich progress bar with one task per stage; yields the ``progress(stage, done, total)`` callback."""
-
-    def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.update
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
 def _pct(value: float | None) -> str:

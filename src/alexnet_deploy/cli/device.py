@@ -5,7 +5,6 @@ None of them imports torch: a Jetson runs them with numpy, Pillow, click, rich a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -43,24 +42,15 @@ def build_engine_cmd(bundle: Path, want_fp32: bool, want_fp16: bool, want_int8: 
     Each build runs in a child process; on out-of-memory it is retried with a smaller workspace and a
     lower optimization level. Engines are recorded in manifest.json (kind trt-plan).
     """
-    from rich.markup import escape
-
+    from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
 
     chosen = [p for p, on in zip(NAMES, (want_fp32, want_fp16, want_int8)) if on] or ["fp32"]
     opts = BuildOptions(max_batch=max_batch, workspace_gib=workspace_gib, dla_core=dla_core,
                         version_compatible=version_compatible, opt_level=opt_level, force=force)
-    console = _console()
-    start = time.monotonic()
-    with console.status("probing TensorRT and the GPU…") as status:
-        def on_event(event) -> None:
-            line = escape(f"[{event.precision or 'device'}] {event.message}")
-            if event.kind in ("probe", "cached", "built", "oom", "stale"):
-                console.print(line)
-            status.update(f"{line}  ({time.monotonic() - start:.0f} s)")
-
-        results = build_engines(bundle, chosen, opts, on_event=on_event)
-    _print_engines(console, results)
+    with progress_renderer() as progress:
+        results = build_engines(bundle, chosen, opts, progress=progress)
+    _print_engines(_console(), results)
 
 
 def _print_engines(console, results) -> None:
@@ -90,15 +80,16 @@ def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, .
     """
     import json
 
+    from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy.files import atomic_write_text, check_writable
     from alexnet_deploy.deploy.verify import verify_bundle
 
     if json_out:
         check_writable(json_out, "--json")
-    console = _console()
-    with console.status("verifying…") as status:
+    with progress_renderer() as progress:
         report = verify_bundle(bundle, backends=backends or ("auto",), precisions=precisions or None,
-                               on_check=lambda c: status.update(f"{c.check} {c.target}: {c.status}"))
+                               progress=progress)
+    console = _console()
     _print_report(console, report)
     if json_out:
         atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")

@@ -86,8 +86,7 @@ def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | No
     """Export CHECKPOINT to a verified deployment bundle directory."""
     import time
 
-    from rich.console import Console
-
+    from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.export.onnx import DEFAULT_OPSET
     from alexnet_deploy.export.pipeline import ExportConfig, export_bundle
 
@@ -98,6 +97,6 @@ def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | No
                           engines=not no_engine, simplify=not no_simplify, lrn=lrn, verify_count=verify_count,
                           weight_bits=int(weight_bits))
     started = time.perf_counter()
-    with Console(stderr=True).status("exporting") as status:
-        manifest = export_bundle(checkpoint, out, config, progress=lambda message: status.update(message))
+    with progress_renderer() as progress:
+        manifest = export_bundle(checkpoint, out, config, progress=progress)
     _summary(manifest, out, time.perf_counter() - started)

@@ -73,22 +73,6 @@ def _reference_lookup(rows):
     return lambda row: by_batch.get(row.batch)
 
 
-def _run_with_progress(bundle, config):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from alexnet_deploy.deploy.bench import run_bench
-
-    columns = (TextColumn("{task.description:<32}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("bench", total=None)
-
-        def progress(description: str, advance: int) -> None:
-            bar.update(task, advance=advance, **({"description": description} if description else {}))
-
-        return run_bench(bundle, config, progress=progress, total=lambda n: bar.update(task, total=n))
-
-
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
@@ -120,6 +104,7 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
 
     Exit 1 when a row failed (e.g. a checksum, a wrong --checkpoint) or no backend could run; rows
     that are merely unavailable here (no GPU, no TensorRT) do not fail the run."""
+    from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy import bench as lib
     from alexnet_deploy.deploy.files import check_writable
 
@@ -133,7 +118,8 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
                              precisions=tuple(precisions) or NAMES, batches=tuple(batches),
                              warmup_s=warmup_s, min_iters=min_iters, min_time_s=min_time_s, end_to_end=end_to_end,
                              threads=threads, checkpoint=checkpoint, data=data, max_images=max_images, strict=strict)
-    report = _run_with_progress(bundle, config)
+    with progress_renderer() as progress:
+        report = lib.run_bench(bundle, config, progress=progress)
     console = _console()
     table, reasons = _bench_table(report, _reference_lookup(report.rows))
     console.print(table)

@@ -68,15 +68,28 @@ def train(config_file: str | None, **flags: Any) -> None:
     """
     from alexnet_deploy.alexnet.train import TrainConfig, load_config_file
     from alexnet_deploy.alexnet.train import train as run_training
+    from alexnet_deploy.cli.progress import progress_renderer
 
     values = load_config_file(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     if not values.get("data"):
         raise click.UsageError("--data is required (on the command line or in --config)")
     config = TrainConfig(**values)
-    with RichTrainProgress() as progress:
-        out = run_training(config, progress)
-    progress.summary(out)
+    rows: list[dict] = []
+    with progress_renderer() as render:
+        out = run_training(config, _keeping_metrics(render, rows))
+    _summary(rows, out)
+
+
+def _keeping_metrics(render, rows: list[dict]):
+    """The progress callback: ``render`` every event, and keep each epoch's metrics row (carried by
+    the note that closes the epoch) for the summary table."""
+    def progress(event) -> None:
+        render(event)
+        if event.metrics:
+            rows.append(dict(event.metrics))
+
+    return progress
 
 
 @cli.command()
@@ -166,73 +179,16 @@ def _print_predictions(results, as_json: bool) -> None:
     Console().print(table)
 
 
-class RichTrainProgress:
-    """Renders train()'s progress callbacks with rich (duck-typed TrainProgress: no torch import here)."""
+def _summary(rows: list[dict], out) -> None:
+    """The epochs of this run as a table on stdout, and where its files are."""
+    from rich.console import Console
+    from rich.table import Table
 
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]:>9}"), TextColumn("{task.fields[loss]}"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=self.console, transient=False)
-        self.task = None
-        self.rows: list[dict] = []
-
-    def __enter__(self) -> "RichTrainProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def phase(self, name: str, total: int) -> None:
-        if self.task is not None:
-            self.bar.stop_task(self.task)
-        self.task = self.bar.add_task(name, total=total, rate="", loss="")
-
-    def advance(self, images: int, **info: float) -> None:
-        task = self.bar.tasks[self.task]
-        speed = task.speed
-        loss = f"loss {info['loss']:.3f}" if "loss" in info else ""
-        self.bar.update(self.task, advance=images, rate=f"{speed:.0f} img/s" if speed else "", loss=loss)
-        if not self.console.is_terminal:
-            self._plain_line(task, loss)
-
-    def _plain_line(self, task, loss: str) -> None:
-        """Without a terminal (nohup, CI logs) rich draws nothing live: print a line every 60 s."""
-        import time
-
-        now = time.monotonic()
-        if now - getattr(self, "_last_line", 0.0) < 60 or not task.speed:
-            return
-        self._last_line = now
-        eta = (task.total - task.completed) / task.speed if task.total else 0
-        parts = [f"{task.completed:.0f}/{task.total:.0f} images", f"{task.speed:.0f} img/s", loss,
-                 f"ETA {eta / 60:.1f} min"]
-        self.console.print(f"{task.description.strip()}: " + ", ".join(p for p in parts if p))
-
-    def epoch_end(self, row: dict) -> None:
-        self.rows.append(row)
-        self.bar.console.print(
-            f"epoch {row['epoch']}: train loss {row['train_loss']:.3f} top-1 {100 * row['train_top1']:.1f}% | "
-            f"val loss {row['val_loss']:.3f} top-1 {100 * row['val_top1']:.1f}% top-5 {100 * row['val_top5']:.1f}% | "
-            f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
-
-    def message(self, text: str) -> None:
-        self.bar.console.print(text, markup=False, highlight=False)   # names skipped files verbatim
-
-    def summary(self, out) -> None:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "time")
-        for r in self.rows:
-            table.add_row(str(r["epoch"]), f"{r['train_loss']:.3f}", f"{100 * r['train_top1']:.1f}%",
-                          f"{r['val_loss']:.3f}", f"{100 * r['val_top1']:.1f}%", f"{100 * r['val_top5']:.1f}%",
-                          f"{r['elapsed_seconds']:.0f} s")
-        console = Console()
-        console.print(table)
-        console.print(f"run directory: {out} (best.pt, last.pt, metrics.csv, curves.png)")
+    table = Table("epoch", "train loss", "train top-1", "val loss", "val top-1", "val top-5", "time")
+    for r in rows:
+        table.add_row(str(r["epoch"]), f"{r['train_loss']:.3f}", f"{100 * r['train_top1']:.1f}%",
+                      f"{r['val_loss']:.3f}", f"{100 * r['val_top1']:.1f}%", f"{100 * r['val_top5']:.1f}%",
+                      f"{r['elapsed_seconds']:.0f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {out} (best.pt, last.pt, metrics.csv, curves.png)")

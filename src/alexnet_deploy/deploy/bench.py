@@ -37,6 +37,7 @@ from alexnet_deploy.deploy.files import atomic_write_text
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.precision import precision as precision_row
 from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.deploy.system import system_facts
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError
@@ -322,8 +323,9 @@ def pair_accuracy(backend: Backend, eval_set: EvalSet | None, reference: np.ndar
 
 
 def run_pair(bundle: Path, manifest: Manifest, name: str, precision: str, batches: Sequence[int],
-             context: "_Context", progress: Callable[[str, int], None]) -> list[BenchRow]:
-    """All rows of one backend x precision; never raises for a backend problem, it becomes a row."""
+             context: "_Context", tally: Tally) -> list[BenchRow]:
+    """All rows of one backend x precision; never raises for a backend problem, it becomes a row.
+    ``tally`` counts the rows done."""
     config = context.config
     common: dict[str, Any] = {"backend": name, "precision": precision, "mode": "end-to-end" if config.end_to_end
                               else "model", "reference": context.reference_name}
@@ -331,43 +333,45 @@ def run_pair(bundle: Path, manifest: Manifest, name: str, precision: str, batche
         common.update(random_calibration=True, warnings=("INT8 scales came from RANDOM data "
                                                          "(--allow-random-calibration): latency only, accuracy "
                                                          "is meaningless",))
-    progress(f"{name} {precision}: loading", 0)
+    pair = f"{name} {precision}"
+    tally.update(f"{pair}: loading")
     try:
         backend = open_backend(bundle, manifest, name, precision, config)
     except BackendUnavailable as exc:
-        progress("", len(batches))
+        tally.advance(len(batches), f"{pair}: unavailable")
         # A --checkpoint the user named that cannot serve as the pt reference is their error, not
         # a backend this machine lacks.
         status = "failed" if name == "pt" and config.checkpoint else "unavailable"
         return _failed_rows(common, batches, status, str(exc))
     except Exception as exc:  # noqa: BLE001 - a broken backend is a "failed" row, not a crashed bench
         log.debug("opening %s %s failed", name, precision, exc_info=True)
-        progress("", len(batches))
+        tally.advance(len(batches), f"{pair}: failed")
         return _failed_rows(common, batches, "failed", _describe_error(exc))
     with backend:
         common.update(provider=backend.provider, model_bytes=backend.model_bytes)
         try:
-            progress(f"{name} {precision}: accuracy", 0)
+            tally.update(f"{pair}: accuracy")
             acc = pair_accuracy(backend, context.eval_set, context.reference,
                                 context.cache.get((name, precision)))
         except Exception as exc:  # noqa: BLE001
             log.debug("accuracy of %s %s failed", name, precision, exc_info=True)
-            progress("", len(batches))
+            tally.advance(len(batches), f"{pair}: failed")
             return _failed_rows(common, batches, "failed", f"accuracy run: {_describe_error(exc)}")
         common.update(_accuracy_fields(acc, backend.num_classes))
-        return [_timed_row(backend, b, common, context, progress) for b in batches]
+        return [_timed_row(backend, b, common, context, tally) for b in batches]
 
 
 def _timed_row(backend: Backend, batch: int, common: dict[str, Any], context: "_Context",
-               progress: Callable[[str, int], None]) -> BenchRow:
-    progress(f"{common['backend']} {common['precision']}: batch {batch}", 0)
+               tally: Tally) -> BenchRow:
+    doing = f"{common['backend']} {common['precision']}: batch {batch}"
+    tally.update(doing)
     try:
         stats = time_batch(backend, batch, context.eval_set, context.config)
     except Exception as exc:  # noqa: BLE001
         log.debug("timing failed", exc_info=True)
         return BenchRow(**common, status="failed", reason=f"timing: {_describe_error(exc)}", batch=batch)
     finally:
-        progress("", 1)
+        tally.advance(1, doing)
     return _row_from_stats({**common, "batch": batch}, stats, context.config.cv_warn)
 
 
@@ -419,12 +423,10 @@ def plan_pairs(config: BenchConfig) -> list[tuple[str, str]]:
 
 
 def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
-              progress: Callable[[str, int], None] | None = None, total: Callable[[int], None] | None = None
-              ) -> BenchReport:
+              progress: ProgressCallback | None = None) -> BenchReport:
     """Bench every requested backend x precision x batch of ``bundle``; see the module docstring.
 
-    ``total(n)`` is called once with the number of timed rows; ``progress(description, advance)``
-    as work proceeds (for a progress bar).
+    ``progress`` counts the rows (stage ``bench``), with what is being worked on as the message.
     """
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -432,17 +434,14 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
     batches, pairs = resolve_batches(config, manifest), plan_pairs(config)
     if config.end_to_end and not config.data:
         raise DataError("--end-to-end needs --data DIR: it times decoding and preprocessing real image files")
-    progress = progress or (lambda desc, advance: None)
-    if total:
-        total(len(pairs) * len(batches))
-    progress("loading images", 0)
+    tally = Tally(progress, "bench", len(pairs) * len(batches), "rows").update("loading images")
     eval_set = (load_eval_set(config.data, manifest, config.max_images, workers=config.threads,
                               strict=config.strict) if config.data else load_reference_npz(bundle, manifest))
-    progress("reference logits", 0)
+    tally.update("reference logits")
     reference, reference_name, cache = compute_reference(bundle, manifest, eval_set, config)
     context = _Context(config, eval_set, reference, reference_name, cache)
     rows = [row for name, precision in pairs
-            for row in run_pair(bundle, manifest, name, precision, batches, context, progress)]
+            for row in run_pair(bundle, manifest, name, precision, batches, context, tally)]
     config_dict = {**dataclasses.asdict(config), "bundle": str(bundle), "batches": list(batches),
                    "skipped_images": [path for path, _ in eval_set.skipped] if eval_set else []}
     return BenchReport(system_facts(config.threads), tuple(rows), config_dict)

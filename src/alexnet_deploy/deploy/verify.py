@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from alexnet_deploy.deploy.cpu import detect as detect_cpu
 from alexnet_deploy.deploy.model_facts import ModelFacts, manifest_mismatches, onnx_metadata_props, read_model_facts
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, resize_and_crop, to_chw_float
+from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,11 @@ def _open(source: Path) -> tuple[Path | None, Check | None]:
 
 def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",),
                   precisions: Sequence[str] | None = None, *, thresholds: dict[str, Threshold] | None = None,
-                  on_check: Callable[[Check], None] | None = None) -> VerifyReport:
-    """Check a bundle directory or packed archive; every check becomes a row (see module docstring)."""
+                  progress: ProgressCallback | None = None) -> VerifyReport:
+    """Check a bundle directory or packed archive; every check becomes a row (see module docstring).
+
+    ``progress`` counts the checks as they finish (stage ``verify``, total unknown; the message
+    is the check, its target and its status); without it each check is logged at info level."""
     thresholds = {name: row.golden for name, row in PRECISIONS.items()} | (thresholds or {})
     unknown = [p for p in precisions or () if p not in thresholds]
     if unknown:
@@ -314,10 +318,13 @@ def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",)
     if not Path(source).exists():
         raise BundleError(f"{source}: not found; expected a bundle directory or a .tar.gz made by `alexnet-deploy pack`")
     checks: list[Check] = []
+    tally = Tally(progress, "verify", unit="checks")
 
     def add(check: Check) -> None:
         checks.append(check)
-        (on_check or (lambda c: log.info("%s %s: %s", c.check, c.status, c.detail)))(check)
+        if progress is None:
+            log.info("%s %s: %s", check.check, check.status, check.detail)
+        tally.advance(message=f"{check.check} {check.target}: {check.status}")
 
     bundle, opened = _open(Path(source))
     if opened:

@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock, mak
 from alexnet_deploy.deploy.onnxrt import cpu_logits
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
+from alexnet_deploy.deploy.progress import ProgressCallback, note
 from alexnet_deploy.deploy.system import package_versions
 from alexnet_deploy.deploy.trt.builder import tensorrt_available
 from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
@@ -43,7 +44,6 @@ from alexnet_deploy.export.onnx import (DEFAULT_OPSET, EXPORTER, INPUT_NAME, MIN
 log = logging.getLogger(__name__)
 
 MODEL_FILE, FP16_FILE = PRECISIONS["fp32"].onnx_file, PRECISIONS["fp16"].onnx_file
-Progress = Callable[[str], None]
 # The packages whose versions change an export's numbers, recorded in the manifest.
 _EXPORT_PACKAGES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "numpy")
 
@@ -103,7 +103,7 @@ class ExportConfig:
 
 
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, config: ExportConfig | None = None, *,
-                  progress: Progress | None = None, **settings: Any) -> Manifest:
+                  progress: ProgressCallback | None = None, **settings: Any) -> Manifest:
     """Export ``checkpoint`` to the bundle directory ``out`` and return its manifest.
 
     ``config`` holds the settings (the `alexnet-deploy export` flags); keyword ``settings`` override
@@ -111,16 +111,17 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, config:
     (+ model.fp16.onnx with ``fp16``), reference.npz and manifest.json; runs INT8 calibration with
     ``int8``; builds TensorRT engines when ``engines`` and TensorRT + a GPU are here (else records
     why they were skipped and the command that builds them on the target). Raises ExportError (or
-    CheckpointError / DataError) with one line naming what failed.
+    CheckpointError / DataError) with one line naming what failed. ``progress`` gets a note per step
+    (stage ``export``) and what calibration and the engine builds send.
     """
     try:
         cfg = dataclasses.replace(config or ExportConfig(), **settings)
     except TypeError as exc:
         raise ExportError(f"export_bundle: {exc}") from exc
-    return run_export(Path(checkpoint), Path(out), cfg, progress or (lambda message: None))
+    return run_export(Path(checkpoint), Path(out), cfg, progress)
 
 
-def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, progress: ProgressCallback | None = None) -> Manifest:
     """export_bundle with an ExportConfig. The bundle directory is locked for the whole run, so a
     second export (or calibrate) into it is refused instead of mixing two models under one manifest."""
     cfg.validate()
@@ -128,7 +129,7 @@ def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -
     out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
     with bundle_lock(out, "--out"):
         try:
-            return _export_locked(checkpoint, out, cfg, step)
+            return _export_locked(checkpoint, out, cfg, progress)
         except BaseException:
             # A directory this run made and never finished (no manifest) is only debris.
             if created and not (out / MANIFEST_NAME).exists():
@@ -136,30 +137,30 @@ def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -
             raise
 
 
-def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
     from alexnet_deploy.alexnet.checkpoint import load_checkpoint
 
-    step("loading checkpoint")
+    note(progress, "export", "loading checkpoint")
     ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
     spec = input_spec(ckpt.preprocess, cfg.image_size)
     vset = verification_set(cfg, spec, ckpt.classes)
-    step(f"running PyTorch on {len(vset.inputs)} {vset.source} inputs at {spec.crop} px")
+    note(progress, "export", f"running PyTorch on {len(vset.inputs)} {vset.source} inputs at {spec.crop} px")
     torch_logits = torch_forward(ckpt.model, vset.inputs, cfg.image_size)
-    step(f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
+    note(progress, "export", f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
     fp32 = export_onnx(ckpt.model, spec.crop, cfg.onnx, vset.inputs, torch_logits,
                        metadata=onnx_metadata(ckpt.classes, spec, ckpt.arch, cfg.lrn))
     forget_old_bundle(out)
     _save_onnx(fp32.model, out / MODEL_FILE)
     results = {"fp32": fp32}
     if cfg.fp16:
-        step("converting to fp16 (overflow guard, parity vs fp32)")
+        note(progress, "export", "converting to fp16 (overflow guard, parity vs fp32)")
         results["fp16"] = _export_fp16(out, vset.inputs)
     _write_reference(out / REFERENCE_FILE, vset, torch_logits)
     manifest = build_manifest(out, ckpt, spec, cfg, vset, results)
     write_manifest(out, manifest)
     if cfg.int8:
-        manifest = _run_int8(out, cfg, step)
-    return _engines(out, manifest, cfg, step)
+        manifest = _run_int8(out, cfg, progress)
+    return _engines(out, manifest, cfg, progress)
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -276,13 +277,13 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
                     parity=parity_report, export=export_info)
 
 
-def _run_int8(out: Path, cfg: ExportConfig, step: Progress) -> Manifest:
+def _run_int8(out: Path, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
     """INT8 is the calibration package's job; export only hands it the bundle it just wrote."""
-    step(f"calibrating INT8 on {cfg.calib_dir}")
+    note(progress, "export", f"calibrating INT8 on {cfg.calib_dir}")
     # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
     # not used for calibration.
     calibrate_bundle(out, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
-                     progress=lambda stage, done, total: step(f"int8 {stage}: {done}/{total}"))
+                     progress=progress)
     return read_manifest(out)
 
 
@@ -292,7 +293,7 @@ def build_engine_command(out: Path, manifest: Manifest) -> str:
     return f"alexnet-deploy build-engine {out}{flags}"
 
 
-def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -> Manifest:
+def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
     """Build TensorRT engines here when possible; otherwise record why not and what to run."""
     command = build_engine_command(out, manifest)
     failure = None
@@ -302,7 +303,7 @@ def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -
         available, reason = tensorrt_available()
         status = {"status": "skipped", "reason": reason, "command": command}
         if available:
-            manifest, status, failure = _build_engines(out, manifest, cfg, step, command)
+            manifest, status, failure = _build_engines(out, manifest, cfg, progress, command)
     manifest = manifest.replace(export={**manifest.export, "engines": status})
     write_manifest(out, manifest)
     if failure is not None:
@@ -311,13 +312,13 @@ def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress) -
     return manifest
 
 
-def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, step: Progress, command: str):
+def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, progress: ProgressCallback | None,
+                   command: str):
     """Build through build-engine's own path (deploy/trt/engines.py): one cache record format, a child
     process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
     precisions = [p for p in NAMES if manifest.artifact(p) is not None]
     try:
-        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch),
-                                on_event=lambda event: step(f"TensorRT {event.precision} {event.kind}: {event.message}"))
+        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch), progress=progress)
     except AlexNetDeployError as exc:
         return read_manifest(out), {"status": "failed", "reason": str(exc), "command": command}, exc
     built = [result.path.relative_to(out).as_posix() for result in results]

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
 from alexnet_deploy.deploy.cuda import check as cuda_check
 from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
+from alexnet_deploy.deploy.progress import Progress, ProgressCallback
 from alexnet_deploy.deploy.system import mem_available
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.trt import import_tensorrt
@@ -100,16 +101,6 @@ class Attempt:
 
     workspace_bytes: int
     opt_level: int
-
-
-@dataclass(frozen=True)
-class BuildEvent:
-    """Progress reported to the caller (the CLI shows it; the library only logs)."""
-
-    kind: str          # probe | cached | stale | attempt | oom | built | failed
-    precision: str
-    message: str
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,10 +289,10 @@ def _build_args(bundle: Path, precision: str, attempt: Attempt, key: EngineKey) 
 
 
 def _attempt_build(bundle: Path, key: EngineKey, attempt: Attempt, opts: BuildOptions,
-                   emit: Callable[[BuildEvent], None], index: int) -> tuple[str, dict]:
+                   progress: ProgressCallback) -> tuple[str, dict]:
     """Run one build child; return ("ok"|"oom"|"error", result-or-{"error": message})."""
     def relay(event: dict) -> None:
-        emit(BuildEvent("progress", key.precision, str(event.get("message", "")), index))
+        _note(progress, key.precision, "progress", str(event.get("message", "")))
 
     code, result, tail = _run_child(_build_args(bundle, key.precision, attempt, key), opts.env,
                                     opts.timeout_s, relay)
@@ -383,10 +374,14 @@ def _plan_file(bundle: Path, result: dict) -> str:
 
 def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions = BuildOptions(), *,
                   device: DeviceInfo | None = None,
-                  on_event: Callable[[BuildEvent], None] | None = None) -> EngineResult:
-    """Reuse the cached engine for ``precision`` or build it (in a child, retrying on OOM)."""
+                  progress: ProgressCallback | None = None) -> EngineResult:
+    """Reuse the cached engine for ``precision`` or build it (in a child, retrying on OOM).
+
+    ``progress`` gets a note per event (logged at info level without one): its stage names the
+    engine (``fp16 engine``), its message starts with what happened: ``cached``, ``stale``,
+    ``attempt``, ``progress`` (from the build), ``oom``, ``built`` or ``failed``."""
     bundle = Path(bundle)
-    emit = on_event or (lambda event: log.info("%s %s: %s", event.precision, event.kind, event.message))
+    progress = progress or _log_note
     manifest = read_manifest(bundle)
     device = device or probe_device(opts.env, bundle)
     key = engine_key(manifest, precision, device, max_batch=opts.max_batch, dla_core=opts.dla_core,
@@ -397,32 +392,32 @@ def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions 
         manifest = read_manifest(bundle)
         cached, reason = (None, "--force") if opts.force else find_cached(bundle, manifest, key)
         if cached is not None:
-            emit(BuildEvent("cached", precision, f"reusing {cached.file} (key {key.digest()})"))
+            _note(progress, precision, "cached", f"reusing {cached.file} (key {key.digest()})")
             return EngineResult(precision, bundle / cached.file, True, key, reason="cache hit")
-        emit(BuildEvent("stale", precision, f"building: {reason}"))
-        return _build_with_retries(bundle, key, device, opts, emit, reason)
+        _note(progress, precision, "stale", f"building: {reason}")
+        return _build_with_retries(bundle, key, device, opts, progress, reason)
 
 
 def _build_with_retries(bundle: Path, key: EngineKey, device: DeviceInfo, opts: BuildOptions,
-                        emit: Callable[[BuildEvent], None], reason: str) -> EngineResult:
+                        progress: ProgressCallback, reason: str) -> EngineResult:
     workspace = int(opts.workspace_gib * (1 << 30)) if opts.workspace_gib else default_workspace(device)
     plan = retry_plan(workspace, opts.opt_level)
     tried: list[Attempt] = []
     for index, attempt in enumerate(plan, start=1):
         tried.append(attempt)
-        emit(BuildEvent("attempt", key.precision, f"attempt {index}/{len(plan)}: workspace "
-                        f"{attempt.workspace_bytes >> 20} MiB, optimization level {attempt.opt_level}", index))
+        _note(progress, key.precision, "attempt", f"{index} of {len(plan)}, workspace "
+              f"{attempt.workspace_bytes >> 20} MiB, optimization level {attempt.opt_level}")
         start = time.monotonic()
-        status, result = _attempt_build(bundle, key, attempt, opts, emit, index)
+        status, result = _attempt_build(bundle, key, attempt, opts, progress)
         seconds = time.monotonic() - start
         if status == "ok":
             artifact = _register(bundle, key, _plan_file(bundle, result), attempt, seconds, result.get("sidecar"))
-            emit(BuildEvent("built", key.precision, f"{artifact.file} in {seconds:.1f} s", index))
+            _note(progress, key.precision, "built", f"{artifact.file} in {seconds:.1f} s")
             return EngineResult(key.precision, bundle / artifact.file, False, key, tuple(tried), seconds, reason)
         if status == "error":
-            emit(BuildEvent("failed", key.precision, result["error"], index))
+            _note(progress, key.precision, "failed", result["error"])
             raise ExportError(f"building the {key.precision} engine failed: {result['error']}")
-        emit(BuildEvent("oom", key.precision, f"out of memory: {result['error'][:200]}", index))
+        _note(progress, key.precision, "oom", f"out of memory: {result['error'][:200]}")
     last = tried[-1]
     raise ExportError(
         f"building the {key.precision} engine ran out of memory {len(tried)} times (last try: workspace "
@@ -431,15 +426,24 @@ def _build_with_retries(bundle: Path, key: EngineKey, device: DeviceInfo, opts: 
 
 
 def build_engines(bundle: str | os.PathLike, precisions: Sequence[str], opts: BuildOptions = BuildOptions(), *,
-                  on_event: Callable[[BuildEvent], None] | None = None) -> list[EngineResult]:
-    """``ensure_engine`` for each precision, probing the device once."""
+                  progress: ProgressCallback | None = None) -> list[EngineResult]:
+    """``ensure_engine`` for each precision, probing the device once (a ``probe`` note, stage
+    ``TensorRT``, says what was found)."""
     if not precisions:
         raise ExportError("no precision chosen; pass --fp32, --fp16 and/or --int8")
     device = probe_device(opts.env, bundle)
-    if on_event:
-        on_event(BuildEvent("probe", "", f"TensorRT {device.trt_version} on {device.gpu_name} "
-                            f"(sm {device.compute_capability}, {device.free_bytes >> 20} MiB free)"))
-    return [ensure_engine(bundle, p, opts, device=device, on_event=on_event) for p in precisions]
+    if progress:
+        _note(progress, "", "probe", f"TensorRT {device.trt_version} on {device.gpu_name} "
+              f"(sm {device.compute_capability}, {device.free_bytes >> 20} MiB free)")
+    return [ensure_engine(bundle, p, opts, device=device, progress=progress) for p in precisions]
+
+
+def _note(progress: ProgressCallback, precision: str, kind: str, text: str) -> None:
+    progress(Progress(f"{precision} engine" if precision else "TensorRT", message=f"{kind}: {text}"))
+
+
+def _log_note(event: Progress) -> None:
+    log.info("%s: %s", event.stage, event.message)
 
 
 # --------------------------------------------------------------------------- inside the child
