@@ -26,7 +26,7 @@ runs (at 227/224 px the map already is 6x6 and the pool is the identity).
 
 ``width`` (0 < width <= 1) multiplies every conv layer's channels and the FC hidden size (4096),
 keeping the layer structure (LRN, pools, dropout, the 6x6 pool): the same graph for tiny devices,
-fast experiments and tests. 1.0 is the paper's network (and torchvision's own class).
+fast experiments and tests. 1.0 is the paper's network (for ``torchvision``, torchvision's own class).
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ CONV_CHANNELS = {"alexnet2012": (96, 256, 384, 384, 256), "torchvision": (64, 19
 HIDDEN = 4096
 
 
-def scaled(channels: int, width: float) -> int:
+def _scaled(channels: int, width: float) -> int:
     """``channels * width`` rounded, at least 1 (LRN's window simply covers fewer channels)."""
     return max(1, round(channels * width))
 
 
 def _channels(arch: str, width: float) -> tuple[int, ...]:
-    return tuple(scaled(c, width) for c in CONV_CHANNELS[arch])
+    return tuple(_scaled(c, width) for c in CONV_CHANNELS[arch])
 
 
 class _AlexNetBase(nn.Module):
@@ -76,7 +76,7 @@ class AlexNet2012(_AlexNetBase):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__()
-        self.width = width
+        self.width = width  # save_checkpoint records it, so loading rebuilds this model
         c1, c2, c3, c4, c5 = _channels("alexnet2012", width)
         self.features = nn.Sequential(
             nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
@@ -96,7 +96,7 @@ class AlexNet2012(_AlexNetBase):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, c5, scaled(HIDDEN, width))
+        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
 
 
 class NarrowTorchvisionAlexNet(_AlexNetBase):
@@ -105,7 +105,7 @@ class NarrowTorchvisionAlexNet(_AlexNetBase):
 
     def __init__(self, num_classes: int, dropout: float, width: float) -> None:
         super().__init__()
-        self.width = width
+        self.width = width  # save_checkpoint records it, so loading rebuilds this model
         c1, c2, c3, c4, c5 = _channels("torchvision", width)
         self.features = nn.Sequential(
             nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
@@ -123,7 +123,7 @@ class NarrowTorchvisionAlexNet(_AlexNetBase):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, c5, scaled(HIDDEN, width))
+        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
 
 
 def _classifier(num_classes: int, dropout: float, channels: int, hidden: int) -> nn.Sequential:
