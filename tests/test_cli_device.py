@@ -146,8 +146,8 @@ def test_load_accepts_a_packed_bundle(bundle: Path, tmp_path: Path, monkeypatch)
 
 @pytest.mark.slow
 def test_device_flow_with_the_real_exporter(tmp_path: Path) -> None:
-    """export (AlexNet-2012 at the pipeline width, 64 px, random weights) -> pack -> unpack elsewhere -> verify
-    -> tamper."""
+    """export (AlexNet-2012 at the pipeline width, 64 px, random weights) -> pack -> unpack elsewhere
+    -> verify -> tamper."""
     pytest.importorskip("torch")
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
