@@ -11,6 +11,11 @@ import pytest
 from PIL import Image
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-train"
+# Width of the AlexNet the pipeline tests train and export: the paper's layers (LRN, pools, dropout,
+# 6x6 pool, three FC) with 1/8 of the channels and FC units, ~0.9 M parameters and a ~4 MB ONNX
+# instead of ~58 M and ~233 MB. Tests of the full-size network itself (parameter counts, the full
+# exports in test_export_onnx.py and test_cli_export.py) build it at width 1.0.
+PIPELINE_WIDTH = 0.125
 
 
 def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 40, seed: int = 0) -> Path:
@@ -27,6 +32,24 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: i
             noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(folder / f"img_{i:03d}.jpg", quality=95)
     return root
+
+
+def train_briefly(model, images: np.ndarray, labels: np.ndarray, steps: int = 6) -> None:
+    """A few AdamW steps so the weights are no longer the random init (inline: no train module).
+    A random-init AlexNet's logits are nearly the same for every input (the biases dominate); a few
+    steps make them depend on the image ~10x more, so parity and int8 checks see real differences."""
+    import torch
+
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    model.eval()
 
 
 @contextmanager

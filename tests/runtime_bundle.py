@@ -1,9 +1,9 @@
 """A real bundle for the runtime tests (test_backends, test_bench, test_cli_bench, test_runtime_imports).
 
-Made once per test session with the real pipeline: a random-init AlexNet-2012 checkpoint for
-3 classes at 64 px -> ``alexnet-deploy export`` (fp32 + fp16 ONNX, reference.npz) and, only for
-the tests that ask for it, INT8 calibration on a generated image folder. The FC layers keep the
-model at ~58 M parameters whatever the image size, so it is built once and shared.
+Made once per test session with the real pipeline: an AlexNet-2012 checkpoint at
+conftest.PIPELINE_WIDTH for 3 classes at 64 px, briefly trained on the generated images (so its
+logits depend on the input) -> ``alexnet-deploy export`` (fp32 + fp16 ONNX, reference.npz) and,
+only for the tests that ask for it, INT8 calibration on the same generated image folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import write_image_folder
+from conftest import PIPELINE_WIDTH, train_briefly, write_image_folder
 
 CLASSES = ("class_0", "class_1", "class_2")
 IMAGE_SIZE = 64
@@ -20,17 +20,21 @@ MAX_BATCH = 4
 _CACHE: dict[str, Path] = {}
 
 
-def _checkpoint(root: Path) -> Path:
+def _checkpoint(root: Path, factory) -> Path:
+    import numpy as np
     import torch
 
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
-    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess
 
+    spec = PreprocessSpec(resize=72, crop=IMAGE_SIZE)
+    _, samples = list_class_folder(images(factory))
     torch.manual_seed(0)
-    model = build_model("alexnet2012", num_classes=len(CLASSES))
+    model = build_model("alexnet2012", num_classes=len(CLASSES), width=PIPELINE_WIDTH)
+    train_briefly(model, preprocess([p for p, _ in samples], spec), np.array([i for _, i in samples], np.int64))
     return save_checkpoint(root / "model.pt", model=model, arch="alexnet2012", classes=CLASSES,
-                           preprocess=PreprocessSpec(resize=72, crop=IMAGE_SIZE), config={}, epoch=0, metrics={})
+                           preprocess=spec, config={}, epoch=0, metrics={})
 
 
 def images(factory) -> Path:
@@ -46,14 +50,14 @@ def bundle(factory) -> Path:
         from alexnet_deploy.export.pipeline import export_bundle
 
         root = factory.mktemp("runtime-bundle")
-        checkpoint = _checkpoint(root)
+        checkpoint = _checkpoint(root, factory)
         export_bundle(checkpoint, root / "bundle", fp16=True, max_batch=MAX_BATCH, engines=False)
         _CACHE["bundle"] = root / "bundle"
     return _CACHE["bundle"]
 
 
 def int8_bundle(factory) -> Path:
-    """The same bundle plus model.int8.onnx calibrated on the generated images (~10 s)."""
+    """The same bundle plus model.int8.onnx calibrated on the generated images."""
     if "int8" not in _CACHE:
         from alexnet_deploy.calibration import calibrate_bundle
 

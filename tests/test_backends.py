@@ -2,7 +2,7 @@
 
 Reference = the exporter's torch logits in reference.npz (32 generated inputs at 64 px); for int8,
 the Q/DQ model's own semantics stored at calibration (reference.int8.npz), so the test holds on
-every CPU kind (AVX2 only, AVX-512, VNNI/AMX, ARM) and never depends on how a random-init model
+every CPU kind (AVX2 only, AVX-512, VNNI/AMX, ARM) and never depends on how a barely trained model
 rounds to int8. Each backend must give the same top-1 and logits within its precision's tolerance at batch 1, 3 and
 the bundle's max batch, and refuse a bad batch with one clear error. The trt backend runs against
 the stand-in tensorrt + cuda-python modules (tests/stubs), which prove the API calls and buffer

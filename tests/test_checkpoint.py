@@ -15,11 +15,14 @@ from alexnet_deploy.deploy.preprocess import PreprocessSpec  # noqa: E402
 from alexnet_deploy.errors import CheckpointError  # noqa: E402
 
 CLASSES = ["cat", "dog", "frog"]
+# Our checkpoints' mechanics do not depend on the model's size: they are written at 1/8 width
+# (~4 MB instead of ~230 MB). Plain state_dicts (foreign files, detected from their shapes) stay full size.
+WIDTH = 0.125
 
 
 def _save(path: Path, arch: str = "alexnet2012", **extra) -> Path:
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=len(CLASSES))
+    model = build_model(arch, num_classes=len(CLASSES), width=WIDTH)
     return save_checkpoint(path, model=model, arch=arch, classes=CLASSES,
                            preprocess=PreprocessSpec(resize=73, crop=64),
                            config={"data": Path("/data"), "epochs": 2, "sizes": (1, 2)},
@@ -37,16 +40,49 @@ def test_round_trip_metadata_and_weights(tmp_path):
     assert ckpt.preprocess == PreprocessSpec(resize=73, crop=64)
     assert ckpt.config == {"data": "/data", "epochs": 2, "sizes": [1, 2]}
     assert ckpt.epoch == 2 and ckpt.metrics == {"val_top1": 0.5}
-    assert ckpt.sha256 == sha256_file(path)
+    assert ckpt.sha256 == sha256_file(path) and ckpt.width == WIDTH
     assert not ckpt.model.training
     torch.manual_seed(0)
-    fresh = build_model("alexnet2012", num_classes=3)
+    fresh = build_model("alexnet2012", num_classes=3, width=WIDTH)
     for key, value in fresh.state_dict().items():
         assert torch.equal(ckpt.model.state_dict()[key], value)
 
 
-def test_training_state_loads_with_weights_only(tmp_path):
+@pytest.mark.parametrize("arch", ["alexnet2012", "torchvision"])
+def test_width_round_trip(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=3, width=0.3)   # 0.3: channel counts that had to be rounded
+    path = save_checkpoint(tmp_path / "narrow.pt", model=model, arch=arch, classes=CLASSES,
+                           preprocess=PreprocessSpec(resize=73, crop=64), config={}, epoch=1, metrics={})
+    assert torch.load(path, weights_only=True)["width"] == 0.3
+    ckpt = load_checkpoint(path)
+    assert ckpt.width == 0.3 and ckpt.model.features[0].out_channels == model.features[0].out_channels
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt.model.state_dict()[key], value)
+
+
+def test_checkpoint_without_width_is_full_width(tmp_path):
+    """Checkpoints written before the width was recorded load as the paper's network."""
     model = build_model("alexnet2012", num_classes=3)
+    save_checkpoint(tmp_path / "a.pt", model=model, arch="alexnet2012", classes=CLASSES,
+                    preprocess=PreprocessSpec(resize=73, crop=64), config={}, epoch=1, metrics={})
+    raw = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert raw.pop("width") == 1.0
+    torch.save(raw, tmp_path / "old.pt")
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    assert ckpt.width == 1.0 and ckpt.model.features[0].out_channels == 96
+
+
+@pytest.mark.parametrize("width", [0.0, 2.0, "half"])
+def test_bad_width_metadata_is_one_clear_error(tmp_path, width):
+    raw = torch.load(_save(tmp_path / "a.pt"), weights_only=True)
+    torch.save({**raw, "width": width}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: bad width .* 0 < width <= 1"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_training_state_loads_with_weights_only(tmp_path):
+    model = build_model("alexnet2012", num_classes=3, width=WIDTH)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.zeros(2, 3, 64, 64)).sum().backward()
     opt.step()
@@ -60,7 +96,7 @@ def test_save_is_atomic_on_failure(tmp_path):
     path = _save(tmp_path / "c.pt")
     before = path.read_bytes()
     with pytest.raises(Exception):
-        save_checkpoint(path, model=build_model("alexnet2012", num_classes=3), arch="alexnet2012",
+        save_checkpoint(path, model=build_model("alexnet2012", num_classes=3, width=WIDTH), arch="alexnet2012",
                         classes=CLASSES, preprocess=PreprocessSpec(73, 64), config={}, epoch=0,
                         metrics={}, optimizer_state={"bad": lambda: None})  # lambdas cannot be pickled
     assert path.read_bytes() == before
@@ -118,6 +154,6 @@ def test_truncated_missing_and_empty_files(tmp_path):
 
 def test_pickled_object_is_refused(tmp_path):
     """weights_only loading refuses arbitrary objects (a pickled module would run code)."""
-    torch.save({"state_dict": build_model("alexnet2012", num_classes=2)}, tmp_path / "evil.pt")
+    torch.save({"state_dict": build_model("alexnet2012", num_classes=2, width=WIDTH)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(tmp_path / "evil.pt")

@@ -161,22 +161,24 @@ def test_load_accepts_a_packed_bundle(bundle: Path, tmp_path: Path, monkeypatch)
 
 @pytest.mark.slow
 def test_device_flow_with_the_real_exporter(tmp_path: Path) -> None:
-    """export (real AlexNet-2012 at 64 px, random weights) -> pack -> unpack elsewhere -> verify -> tamper."""
+    """export (AlexNet-2012 at the pipeline width, 64 px, random weights) -> pack -> unpack elsewhere
+    -> verify -> tamper."""
     pytest.importorskip("torch")
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
     from alexnet_deploy.deploy.preprocess import PreprocessSpec
-    from conftest import write_image_folder
+    from conftest import PIPELINE_WIDTH, write_image_folder
 
     images = write_image_folder(tmp_path / "images", classes=3, per_class=3, size=64)
-    save_checkpoint(tmp_path / "ckpt.pt", model=build_model("alexnet2012", num_classes=3), arch="alexnet2012",
+    model = build_model("alexnet2012", num_classes=3, width=PIPELINE_WIDTH)
+    save_checkpoint(tmp_path / "ckpt.pt", model=model, arch="alexnet2012",
                     classes=["class_0", "class_1", "class_2"], preprocess=PreprocessSpec(resize=73, crop=64),
                     config={}, epoch=0, metrics={})
     result = run("export", tmp_path / "ckpt.pt", "--out", tmp_path / "bundle", "--fp16", "--verify-data", images,
                  "--max-batch", "4")
     assert result.exit_code == 0, result.output
     assert run("pack", tmp_path / "bundle", "-o", tmp_path / "b.tar.gz").exit_code == 0
-    # The device has only the archive (and the suite's peak disk use drops by ~0.5 GB).
+    # The device has only the archive.
     shutil.rmtree(tmp_path / "bundle")
     (tmp_path / "ckpt.pt").unlink()
     device = tmp_path / "device" / "bundle"

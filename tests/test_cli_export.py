@@ -1,5 +1,6 @@
-"""`alexnet-deploy export` through the real CLI: a foreign state_dict exports; bad input gives one
-`Error:` line and exit 1 (usage errors exit 2)."""
+"""`alexnet-deploy export` through the real CLI: a foreign (full-size torchvision) state_dict exports;
+bad input gives one `Error:` line and exit 1 (usage errors exit 2). The int8 and engine wiring run on
+a torchvision-layout checkpoint at conftest.PIPELINE_WIDTH."""
 
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def torchvision_state_dict(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tv") / "tv_dp.pth"
     torch.save(state, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def narrow_checkpoint(tmp_path_factory) -> Path:
+    """torchvision's layout at the pipeline width, 3 classes, 64 px, as `alexnet-deploy train` saves it."""
+    from alexnet_deploy.alexnet.checkpoint import save_checkpoint
+    from alexnet_deploy.alexnet.model import build_model
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+    from conftest import PIPELINE_WIDTH
+
+    torch.manual_seed(0)
+    model = build_model("torchvision", num_classes=3, width=PIPELINE_WIDTH)
+    return save_checkpoint(tmp_path_factory.mktemp("narrow") / "tv.pt", model=model, arch="torchvision",
+                           classes=("class_0", "class_1", "class_2"), preprocess=PreprocessSpec.for_image_size(64),
+                           config={}, epoch=0, metrics={})
 
 
 def run(*args: str):
@@ -93,13 +109,13 @@ def test_flag_errors(tmp_path: Path, torchvision_state_dict: Path) -> None:
 
 
 @pytest.mark.slow
-def test_int8_runs_calibration_after_the_fp32_bundle(torchvision_state_dict: Path, tmp_path: Path) -> None:
+def test_int8_runs_calibration_after_the_fp32_bundle(narrow_checkpoint: Path, tmp_path: Path) -> None:
     from conftest import write_image_folder
 
     images = write_image_folder(tmp_path / "calib", classes=3, per_class=4, size=64)
     held_out = write_image_folder(tmp_path / "val", classes=3, per_class=2, size=64, seed=1)
     out = tmp_path / "bundle"
-    result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
+    result = run("export", str(narrow_checkpoint), "--out", str(out), "--arch", "torchvision",
                  "--image-size", "64", "--no-simplify", "--verify-count", "4", "--int8", "--calib", str(images),
                  "--verify-data", str(held_out))
     assert result.exit_code == 0, result.output
@@ -112,7 +128,7 @@ def test_int8_runs_calibration_after_the_fp32_bundle(torchvision_state_dict: Pat
         assert manifest["export"]["engines"]["command"].endswith(" --int8")
 
 
-def test_engines_are_built_when_tensorrt_and_a_gpu_are_here(torchvision_state_dict: Path, tmp_path: Path,
+def test_engines_are_built_when_tensorrt_and_a_gpu_are_here(narrow_checkpoint: Path, tmp_path: Path,
                                                             stand_ins) -> None:
     """With (the stand-in) TensorRT and a GPU present, export also builds and registers the engine.
     The stand-in proves the wiring only, not that real TensorRT accepts the ONNX."""
@@ -120,7 +136,7 @@ def test_engines_are_built_when_tensorrt_and_a_gpu_are_here(torchvision_state_di
 
     stand_ins(trt_version="10.3.0")
     out = tmp_path / "bundle"
-    result = run("export", str(torchvision_state_dict), "--out", str(out), "--arch", "torchvision",
+    result = run("export", str(narrow_checkpoint), "--out", str(out), "--arch", "torchvision",
                  "--image-size", "64", "--no-simplify", "--verify-count", "2", "--max-batch", "4")
     assert result.exit_code == 0, result.output
     manifest = read_manifest(out)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import scratch_dir, write_image_folder
+from conftest import PIPELINE_WIDTH, scratch_dir, write_image_folder
 
 pytest.importorskip("torch")
 
@@ -24,18 +24,43 @@ def trained(tmp_path_factory) -> Path:
     with scratch_dir(tmp_path_factory, "cli") as root:
         data = write_image_folder(root / "data", classes=3, per_class=6, size=40)
         (root / "c.toml").write_text('[train]\nepochs = 3\nbatch-size = 6\nimage-size = 63\nval-split = 0.34\n'
-                                     'lr = 0.0002\n')
+                                     'lr = 0.0002\nwidth = 0.5\n')
         result = CliRunner().invoke(cli, ["train", "--data", str(data), "--config", str(root / "c.toml"),
-                                          "--epochs", "1", "--out", str(root / "run"), "--workers", "1"])
+                                          "--epochs", "1", "--out", str(root / "run"), "--workers", "1",
+                                          "--width", str(PIPELINE_WIDTH)])
         assert result.exit_code == 0, result.output
         yield root
 
 
 def test_config_file_feeds_defaults_and_flags_override(trained):
     resolved = (trained / "run" / "config.toml").read_text()
-    assert "epochs = 1" in resolved  # flag beat the file's 3
+    assert "epochs = 1" in resolved and f"width = {PIPELINE_WIDTH}" in resolved  # flags beat the file's 3 and 0.5
     assert "batch-size = 6" in resolved and "image-size = 63" in resolved  # from the file
     assert len((trained / "run" / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_export_rebuilds_the_width_reduced_model(trained, tmp_path):
+    """The checkpoint records --width, so export builds the same narrow model and its parity holds."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from alexnet_deploy.alexnet.checkpoint import load_checkpoint
+    from alexnet_deploy.alexnet.model import count_parameters
+
+    ckpt = load_checkpoint(trained / "run" / "best.pt")
+    assert ckpt.width == PIPELINE_WIDTH and ckpt.model.features[0].out_channels == 12
+    result = CliRunner().invoke(cli, ["export", str(trained / "run" / "best.pt"), "--out", str(tmp_path / "b"),
+                                      "--no-simplify", "--verify-count", "4", "--no-engine"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["parity"]["fp32"]["onnx_vs_torch"]["passed"] and manifest["input"]["shape"] == [-1, 3, 63, 63]
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    # The three FC matrices are the largest 2-D weights (the 6x6 pool's fix at 63 px adds two 6-element ones).
+    fc = sorted(w.size for w in weights.values() if w.ndim == 2)[-3:]
+    assert fc == sorted(m.weight.numel() for m in ckpt.model.classifier if isinstance(m, torch.nn.Linear))
+    assert count_parameters(ckpt.model) < 1_000_000
 
 
 def test_predict_table_and_json(trained):

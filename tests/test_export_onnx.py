@@ -1,8 +1,9 @@
 """fp32 ONNX export: one LRN node per layer, dynamic batch, parity with PyTorch, bundle contents.
 
-Exports are real (torch.onnx dynamo exporter -> onnx.checker -> ONNX Runtime CPU). AlexNet's FC
-layers make every export ~233 MB whatever the input size, so one briefly trained model is exported
-once per module and several tests read that bundle.
+Exports are real (torch.onnx dynamo exporter -> onnx.checker -> ONNX Runtime CPU). One briefly
+trained AlexNet-2012 at conftest.PIPELINE_WIDTH (the paper's layers, ~4 MB of ONNX) is exported once
+per module and several tests read that bundle; the full-size network (~233 MB whatever the input
+size) is exported once, at 227 px.
 """
 
 from __future__ import annotations
@@ -20,25 +21,11 @@ from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess
 from alexnet_deploy.errors import ExportError
 from alexnet_deploy.export.pipeline import export_bundle
-from conftest import scratch_dir, write_image_folder
+from conftest import PIPELINE_WIDTH, scratch_dir, train_briefly, write_image_folder
 
 FP32 = PRECISIONS["fp32"].export
 
 torch = pytest.importorskip("torch")
-
-
-def train_briefly(model, images: np.ndarray, labels: np.ndarray, steps: int = 6) -> None:
-    """A few AdamW steps so the weights are no longer the random init (inline: no train module)."""
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05)
-    x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-    model.eval()
 
 
 def save_ckpt(path: Path, model, classes, size: int = 64) -> Path:
@@ -51,7 +38,7 @@ def save_ckpt(path: Path, model, classes, size: int = 64) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    """A briefly trained 3-class AlexNet-2012 (64 px) exported with --fp16, verified on real images."""
+    """A briefly trained 3-class AlexNet-2012 (64 px, pipeline width) exported with --fp16, verified on real images."""
     from alexnet_deploy.alexnet.model import build_model
 
     with scratch_dir(tmp_path_factory, "export") as root:
@@ -60,7 +47,7 @@ def trained(tmp_path_factory) -> dict:
         spec = PreprocessSpec.for_image_size(64)
         x = preprocess([p for p, _ in samples], spec)
         torch.manual_seed(0)
-        model = build_model("alexnet2012", num_classes=3)
+        model = build_model("alexnet2012", num_classes=3, width=PIPELINE_WIDTH)
         train_briefly(model, x, np.array([i for _, i in samples], np.int64))
         ckpt = save_ckpt(root / "best.pt", model, classes)
         out = root / "bundle"
@@ -165,6 +152,7 @@ def test_too_small_image_size_is_a_clear_error(trained: dict, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_export_at_227_px_random_weights(trained: dict, tmp_path: Path) -> None:
+    """The full-size paper network (~58 M parameters) through the default export and its parity check."""
     from alexnet_deploy.alexnet.model import build_model
 
     torch.manual_seed(1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import scratch_dir, write_image_folder
+from conftest import PIPELINE_WIDTH, scratch_dir, write_image_folder
 
 pytest.importorskip("torch")
 
@@ -41,7 +41,7 @@ def _train(root: Path, *flags: str) -> subprocess.CompletedProcess:
         write_image_folder(data, classes=3, per_class=4, size=40)
     command = [sys.executable, "-m", "alexnet_deploy", "train", "--data", str(data), "--val-split", "0.25",
                "--out", str(root / "run"), "--image-size", "63", "--resize", "64", "--epochs", "2",
-               "--batch-size", "6", "--workers", "1", *flags]
+               "--batch-size", "6", "--workers", "1", "--width", str(PIPELINE_WIDTH), *flags]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(root))
 
 
@@ -67,7 +67,7 @@ def _resolved_config(run: Path) -> dict:
 
 # --- TensorBoard --------------------------------------------------------------------------------
 
-@pytest.mark.slow  # shares one ~15-35 s training run (W&B's service start is most of it)
+@pytest.mark.slow  # shares one ~8-15 s training run (W&B's service start is most of it)
 def test_tensorboard_events_hold_every_metric_of_every_epoch(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -83,7 +83,7 @@ def test_tensorboard_events_hold_every_metric_of_every_epoch(run_dir):
         assert [e.value for e in logged] == pytest.approx([row[key] for row in rows], rel=1e-6, abs=1e-6), key
 
 
-@pytest.mark.slow  # shares one ~15-35 s training run (W&B's service start is most of it)
+@pytest.mark.slow  # shares one ~8-15 s training run (W&B's service start is most of it)
 def test_tensorboard_holds_the_run_config(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -135,7 +135,7 @@ def wandb_run(run_dir):
     return by_type
 
 
-@pytest.mark.slow  # shares one ~15-35 s training run (W&B's service start is most of it)
+@pytest.mark.slow  # shares one ~8-15 s training run (W&B's service start is most of it)
 def test_wandb_history_is_metrics_jsonl(run_dir, wandb_run):
     history = [_items(r.history.item) for r in wandb_run["history"]]
     rows = _metrics(run_dir)
@@ -145,7 +145,7 @@ def test_wandb_history_is_metrics_jsonl(run_dir, wandb_run):
         assert {k: logged[k] for k in row} == pytest.approx(row)
 
 
-@pytest.mark.slow  # shares one ~15-35 s training run (W&B's service start is most of it)
+@pytest.mark.slow  # shares one ~8-15 s training run (W&B's service start is most of it)
 def test_wandb_run_config_project_and_summary(run_dir, wandb_run):
     (run,) = [r.run for r in wandb_run["run"]]
     assert run.project == PROJECT and run.display_name == "run"

@@ -101,7 +101,38 @@ def test_module_names_match_torchvision_layout():
         "classifier.6.weight", "classifier.6.bias"]
 
 
-@pytest.mark.parametrize("kwargs", [{"arch": "vgg"}, {"init": "xavier"}, {"num_classes": 0}])
+def _layout(model) -> list[tuple]:
+    """Layer types and their shape-free settings (kernel, stride, LRN window, dropout, pool sizes)."""
+    keep = ("kernel_size", "stride", "padding", "size", "alpha", "beta", "k", "p", "output_size")
+    return [(type(m).__name__, *(getattr(m, a) for a in keep if hasattr(m, a)))
+            for m in model.modules() if not list(m.children())]
+
+
+@pytest.mark.parametrize("arch", ["alexnet2012", "torchvision"])
+def test_width_scales_channels_and_hidden_size_only(arch):
+    full, narrow = build_model(arch, num_classes=5), build_model(arch, num_classes=5, width=0.125)
+    assert _layout(narrow) == _layout(full), "same layers, LRN, pools and dropout at any width"
+    assert list(narrow.state_dict()) == list(full.state_dict())
+    widths = [(m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features)
+              for m in narrow.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    expected = {"alexnet2012": [12, 32, 48, 48, 32], "torchvision": [8, 24, 48, 32, 32]}[arch]
+    assert widths == expected + [512, 512, 5]
+    assert narrow.classifier[1].in_features == expected[-1] * 36
+    assert 50 < count_parameters(full) / count_parameters(narrow) < 70
+    with torch.no_grad():
+        assert narrow.eval()(torch.zeros(2, 3, 63, 63)).shape == (2, 5)
+
+
+def test_tiny_width_keeps_at_least_one_channel():
+    model = build_model("alexnet2012", num_classes=3, width=0.001)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [1, 1, 1, 1, 1] and model.classifier[4].out_features == 4
+    with torch.no_grad():  # LRN's window of 5 over a single channel still runs
+        assert torch.isfinite(model.eval()(torch.rand(1, 3, 63, 63))).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"arch": "vgg"}, {"init": "xavier"}, {"num_classes": 0}, {"width": 0},
+                                    {"width": 1.5}, {"width": -0.5}, {"width": "0.5"}, {"width": True}])
 def test_bad_arguments_raise_family_error(kwargs):
     with pytest.raises(AlexNetDeployError):
         build_model(**kwargs)

@@ -110,6 +110,8 @@ def data(tmp_path: Path) -> Path:
     (("--dropout", "2"), "--dropout 2.0: expected 0.0 <= x < 1.0"),
     (("--workers", "-1"), "--workers must be > 0, got -1"),
     (("--val-split", "1.5"), "--val-split 1.5: expected a fraction between 0 and 1"),
+    (("--width", "0"), "--width 0.0: expected 0 < x <= 1 (1.0 is the paper's network)"),
+    (("--width", "1.5"), "--width 1.5: expected 0 < x <= 1 (1.0 is the paper's network)"),
 ])
 def test_train_bad_values_name_the_flag(data: Path, tmp_path: Path, flags, expect: str) -> None:
     result = run_cli("train", "--data", data, "--out", tmp_path / "run", *flags)
@@ -123,6 +125,12 @@ def test_train_config_with_a_wrong_type_names_file_and_key(data: Path, tmp_path:
     result = run_cli("train", "--config", config, "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert f"{config}: epochs = 'abc': expected an integer" in one_error_line(result)
+    config.write_text(f'[train]\ndata = "{data}"\nwidth = "narrow"\n')
+    result = run_cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 1 and f"{config}: width = 'narrow': expected a number" in one_error_line(result)
+    config.write_text(f'[train]\ndata = "{data}"\nwidth = -0.5\n')
+    result = run_cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "--width -0.5: expected 0 < x <= 1" in one_error_line(result)
 
 
 def test_train_out_that_is_a_file_or_unwritable(data: Path, tmp_path: Path) -> None:

@@ -25,9 +25,10 @@ def _checkpoint(path: Path, seed: int) -> Path:
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
     from alexnet_deploy.deploy.preprocess import PreprocessSpec
+    from conftest import PIPELINE_WIDTH
 
     torch.manual_seed(seed)
-    model = build_model("alexnet2012", num_classes=3)
+    model = build_model("alexnet2012", num_classes=3, width=PIPELINE_WIDTH)
     return save_checkpoint(path, model=model, arch="alexnet2012", classes=("a", "b", "c"),
                            preprocess=PreprocessSpec(resize=72, crop=64), config={}, epoch=0, metrics={})
 

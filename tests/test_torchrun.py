@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import write_image_folder
+from conftest import PIPELINE_WIDTH, write_image_folder
 
 torch = pytest.importorskip("torch")
 
@@ -25,7 +25,7 @@ def test_torchrun_two_processes(tmp_path, cache):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "alexnet_deploy", "train", "--data", str(data), "--val-split", "0.34", "--image-size", "63",
            "--epochs", "2", "--batch-size", "4", "--workers", "1", "--lr", "0.0002", "--device", "cpu",
-           "--cache", cache, "--out", str(out)]
+           "--cache", cache, "--width", str(PIPELINE_WIDTH), "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,10 @@
 A checkpoint is a ``torch.save`` dict::
 
     state_dict, arch, num_classes, classes, preprocess (PreprocessSpec.to_dict()), config, epoch,
-    metrics, versions  [+ optimizer_state, scheduler_state, scaler_state, rng_state for --resume]
+    metrics, versions, width  [+ optimizer_state, scheduler_state, scaler_state, rng_state for --resume]
+
+``width`` (the model's channel/FC width multiplier) rebuilds the same model; checkpoints written
+before it was recorded are width 1.0.
 
 Everything in it is plain Python (str, int, float, bool, None, list, dict) or a tensor, so it loads
 with the safe ``weights_only`` unpickler. ``load_checkpoint`` also accepts a plain state_dict (e.g.
@@ -50,6 +53,7 @@ class LoadedCheckpoint:
     sha256: str
     path: Path
     raw: dict = field(repr=False)
+    width: float = 1.0
 
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, classes: Sequence[str],
@@ -57,7 +61,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, cla
                     metrics: Mapping[str, Any], optimizer_state: dict | None = None,
                     scheduler_state: dict | None = None, scaler_state: dict | None = None,
                     rng_state: dict | None = None) -> Path:
-    """Write a checkpoint atomically (a killed run never leaves a half-written file)."""
+    """Write a checkpoint atomically (a killed run never leaves a half-written file).
+    The width is read from the model, so it always matches the saved weights."""
     model = getattr(model, "module", model)  # unwrap DDP / DataParallel
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {
@@ -70,6 +75,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, cla
         "epoch": int(epoch),
         "metrics": plain(dict(metrics)),
         "versions": versions(),
+        "width": float(getattr(model, "width", 1.0)),  # torchvision's own class (width 1.0) has none
     }
     optional = {"optimizer_state": optimizer_state, "scheduler_state": scheduler_state,
                 "scaler_state": scaler_state, "rng_state": rng_state}
@@ -130,11 +136,13 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_cla
             raise CheckpointError(f"{path}: model has {meta['num_classes']} classes but {len(classes)} "
                                   "class names were given")
         meta["classes"] = tuple(str(c) for c in classes)
-    model = _build_and_load(path, meta["arch"], meta["num_classes"], meta["state_dict"], map_location)
+    model = _build_and_load(path, meta["arch"], meta["num_classes"], meta["width"], meta["state_dict"],
+                            map_location)
     return LoadedCheckpoint(model=model, arch=meta["arch"], num_classes=meta["num_classes"],
                             classes=meta["classes"], preprocess=meta["preprocess"], config=meta["config"],
                             epoch=meta["epoch"], metrics=meta["metrics"], sha256=sha256_file(path),
-                            path=path, raw=obj if isinstance(obj, dict) else {"state_dict": obj})
+                            path=path, raw=obj if isinstance(obj, dict) else {"state_dict": obj},
+                            width=meta["width"])
 
 
 def _torch_load(path: Path, map_location) -> Any:
@@ -191,7 +199,15 @@ def _our_metadata(path: Path, obj: dict, arch: str | None, num_classes: int | No
         raise CheckpointError(f"{path}: bad preprocess metadata: {exc}") from exc
     return {"arch": obj["arch"], "num_classes": int(obj["num_classes"]), "classes": tuple(obj["classes"]),
             "preprocess": spec, "config": dict(obj["config"]), "epoch": int(obj["epoch"]),
-            "metrics": dict(obj["metrics"]), "state_dict": obj["state_dict"]}
+            "metrics": dict(obj["metrics"]), "state_dict": obj["state_dict"], "width": _width(path, obj)}
+
+
+def _width(path: Path, obj: dict) -> float:
+    """The recorded width multiplier; checkpoints written before it was recorded are full width."""
+    width = obj.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
+        raise CheckpointError(f"{path}: bad width {width!r} in the checkpoint; expected a number with 0 < width <= 1")
+    return float(width)
 
 
 def _plain_metadata(path: Path, obj: Any, arch: str | None, num_classes: int | None) -> dict:
@@ -213,7 +229,7 @@ def _plain_metadata(path: Path, obj: Any, arch: str | None, num_classes: int | N
     resize, crop = DEFAULT_INPUT[arch]
     return {"arch": arch, "num_classes": found, "classes": tuple(f"class_{i}" for i in range(found)),
             "preprocess": PreprocessSpec(resize=resize, crop=crop), "config": {}, "epoch": 0,
-            "metrics": {}, "state_dict": state}
+            "metrics": {}, "state_dict": state, "width": 1.0}
 
 
 def strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,13 +248,14 @@ def _detect_arch(path: Path, state: Mapping[str, torch.Tensor]) -> str:
                           f"pass --arch {' or --arch '.join(ARCHS)}")
 
 
-def _build_and_load(path: Path, arch: str, num_classes: int, state: Mapping[str, torch.Tensor],
+def _build_and_load(path: Path, arch: str, num_classes: int, width: float, state: Mapping[str, torch.Tensor],
                     map_location) -> nn.Module:
-    model = build_model(arch, num_classes=num_classes)
+    model = build_model(arch, num_classes=num_classes, width=width)
     problem = _state_mismatch(model.state_dict(), state)
     if problem:
         others = [a for a in ARCHS if a != arch]
-        raise CheckpointError(f"{path}: weights do not fit arch {arch!r} with {num_classes} classes "
+        at_width = f" at width {width:g}" if width != 1.0 else ""
+        raise CheckpointError(f"{path}: weights do not fit arch {arch!r} with {num_classes} classes{at_width} "
                               f"({problem}); try --arch {others[0]}")
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()

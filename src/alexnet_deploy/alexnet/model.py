@@ -23,6 +23,10 @@ are exactly torchvision's and a downloaded torchvision weights file loads.
 
 Both pool the last feature map to 6x6 with ``AdaptiveAvgPool2d``, so any input from 63 to 512 px
 runs (at 227/224 px the map already is 6x6 and the pool is the identity).
+
+``width`` (0 < width <= 1) multiplies every conv layer's channels and the FC hidden size (4096),
+keeping the layer structure (LRN, pools, dropout, the 6x6 pool): the same graph for tiny devices,
+fast experiments and tests. 1.0 is the paper's network (for ``torchvision``, torchvision's own class).
 """
 
 from __future__ import annotations
@@ -43,31 +47,22 @@ LRN_ALPHA_TORCH = LRN_ALPHA_PAPER * LRN_SIZE
 # (we resize to 259 so the 227 crop keeps the ImageNet 224/256 ratio); torchvision 256 -> 224.
 DEFAULT_INPUT = {"alexnet2012": (259, 227), "torchvision": (256, 224)}
 
+# Output channels of the five conv layers at width 1.0, and the FC hidden size.
+CONV_CHANNELS = {"alexnet2012": (96, 256, 384, 384, 256), "torchvision": (64, 192, 384, 256, 256)}
+HIDDEN = 4096
 
-class AlexNet2012(nn.Module):
-    """The 2012 paper AlexNet, single tower, with LRN after conv1 and conv2."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 96, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(96, 256, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(256, 384, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout)
+def _scaled(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1 (LRN's window simply covers fewer channels)."""
+    return max(1, round(channels * width))
+
+
+def _channels(arch: str, width: float) -> tuple[int, ...]:
+    return tuple(_scaled(c, width) for c in CONV_CHANNELS[arch])
+
+
+class _AlexNetBase(nn.Module):
+    """features -> 6x6 adaptive pool -> flatten -> classifier (torchvision's forward)."""
 
     def forward(self, x):
         x = self.features(x)
@@ -76,26 +71,82 @@ class AlexNet2012(nn.Module):
         return self.classifier(x)
 
 
-def _classifier(num_classes: int, dropout: float) -> nn.Sequential:
+class AlexNet2012(_AlexNetBase):
+    """The 2012 paper AlexNet, single tower, with LRN after conv1 and conv2."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0) -> None:
+        super().__init__()
+        self.width = width  # save_checkpoint records it, so loading rebuilds this model
+        c1, c2, c3, c4, c5 = _channels("alexnet2012", width)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
+
+
+class NarrowTorchvisionAlexNet(_AlexNetBase):
+    """torchvision's AlexNet layout (same modules and state_dict keys) below width 1.0, where
+    torchvision's own class cannot go."""
+
+    def __init__(self, num_classes: int, dropout: float, width: float) -> None:
+        super().__init__()
+        self.width = width  # save_checkpoint records it, so loading rebuilds this model
+        c1, c2, c3, c4, c5 = _channels("torchvision", width)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
+
+
+def _classifier(num_classes: int, dropout: float, channels: int, hidden: int) -> nn.Sequential:
     # Same indices as torchvision's classifier (1, 4, 6 are the Linear layers).
     return nn.Sequential(
         nn.Dropout(p=dropout),
-        nn.Linear(256 * 6 * 6, 4096),
+        nn.Linear(channels * 6 * 6, hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(p=dropout),
-        nn.Linear(4096, 4096),
+        nn.Linear(hidden, hidden),
         nn.ReLU(inplace=True),
-        nn.Linear(4096, num_classes),
+        nn.Linear(hidden, num_classes),
     )
 
 
 def build_model(arch: str = "alexnet2012", num_classes: int = 1000, init: str = "default",
-                dropout: float = 0.5) -> nn.Module:
+                dropout: float = 0.5, width: float = 1.0) -> nn.Module:
     """Build an AlexNet.
 
     arch: ``"alexnet2012"`` (paper, with LRN) or ``"torchvision"`` (torchvision's keys).
     init: ``"default"`` (PyTorch's layer defaults, which train well at small scale) or
     ``"paper"`` (weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers).
+    width: multiplier of the conv channels and the FC hidden size, 0 < width <= 1 (1.0: the paper's).
     """
     if arch not in ARCHS:
         raise AlexNetDeployError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -103,8 +154,13 @@ def build_model(arch: str = "alexnet2012", num_classes: int = 1000, init: str = 
         raise AlexNetDeployError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise AlexNetDeployError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1:
+        raise AlexNetDeployError(f"width must be a number with 0 < width <= 1 (1.0 is the paper's network), "
+                                 f"got {width!r}")
     if arch == "alexnet2012":
-        model = AlexNet2012(num_classes=num_classes, dropout=dropout)
+        model = AlexNet2012(num_classes=num_classes, dropout=dropout, width=float(width))
+    elif width != 1.0:
+        model = NarrowTorchvisionAlexNet(num_classes=num_classes, dropout=dropout, width=float(width))
     else:
         from torchvision.models import AlexNet
 
@@ -132,4 +188,5 @@ def paper_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["ARCHS", "INITS", "DEFAULT_INPUT", "AlexNet2012", "build_model", "paper_init_"]
+__all__ = ["ARCHS", "INITS", "DEFAULT_INPUT", "AlexNet2012", "NarrowTorchvisionAlexNet", "build_model",
+           "paper_init_"]

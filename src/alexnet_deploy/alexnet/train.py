@@ -88,6 +88,7 @@ class TrainConfig:
     label_smoothing: float | None = None
     clip_grad: float | None = None
     dropout: float = 0.5
+    width: float = 1.0  # channel/FC width multiplier; 1.0 is the paper's network
     augment: str = "crop-flip"
     cache: str = "auto"  # decoded images in RAM, or decoded per batch when they do not fit
     amp: bool = False
@@ -132,6 +133,8 @@ class TrainConfig:
             if value is not None and not (low <= value < high):
                 bound = f"{low} <= x < {high}" if high != math.inf else f">= {low}"
                 raise AlexNetDeployError(f"--{name.replace('_', '-')} {value}: expected {bound}")
+        if not 0 < self.width <= 1:
+            raise AlexNetDeployError(f"--width {self.width}: expected 0 < x <= 1 (1.0 is the paper's network)")
         if self.val_split is not None and not 0 < self.val_split < 1:
             raise AlexNetDeployError(f"--val-split {self.val_split}: expected a fraction between 0 and 1")
         if self.image_size is not None and not 63 <= self.image_size <= 512:
@@ -240,7 +243,8 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
     splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class)
     train_set, val_set = _decode_splits(config, splits, spec, progress)
-    model = build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout).to(dist.device)
+    model = build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout,
+                        width=config.width).to(dist.device)
     steps_per_epoch = len(BatchStream(train_set, config.batch_size, spec, rank=dist.rank, world=dist.world))
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
@@ -516,6 +520,9 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     if not config.resume:
         return 0, float("-inf"), [], None
     ckpt = load_checkpoint(config.resume, arch=config.arch, num_classes=model.classifier[-1].out_features)
+    if ckpt.width != config.width:
+        raise CheckpointError(f"{config.resume}: was trained at --width {ckpt.width:g}, not {config.width:g}; "
+                              "resume with the run's original flags")
     raw = ckpt.raw
     if "optimizer_state" not in raw or "scheduler_state" not in raw:
         raise CheckpointError(f"{config.resume}: has no optimizer state to resume from; resume from last.pt")

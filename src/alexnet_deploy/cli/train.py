@@ -43,6 +43,8 @@ def _train_options(func):
         click.option("--label-smoothing", type=float, help="Cross-entropy label smoothing."),
         click.option("--clip-grad", type=float, help="Clip the gradient norm (0 = off; recipes use 1.0)."),
         click.option("--dropout", type=float, help="Dropout in the classifier (default 0.5)."),
+        click.option("--width", type=float, help="channel/FC width multiplier; 1.0 is the paper's network; "
+                                                 "smaller for tiny devices and fast experiments (default 1.0)."),
         click.option("--augment", type=click.Choice(["crop-flip", "random-resized-crop", "none"]), help="Training augmentation (default crop-flip)."),
         click.option("--cache", type=click.Choice(["auto", "ram", "stream"]),
                      help="Decoded images: kept in RAM, or decoded per batch (default auto: RAM when they fit)."),
