@@ -12,9 +12,9 @@ prints ONNX Runtime's and OpenVINO's per-op profiles, ``--weight-bits`` times 7-
 against 8-bit int8 weights.
 
     .venv/bin/python benchmarks/cpu_latency.py --checkpoint runs/cifar64-default/best.pt   # the table
-    .venv/bin/python benchmarks/cpu_latency.py --ort-tuning --profile
-    .venv/bin/python benchmarks/cpu_latency.py --skip-table --weight-bits
-    .venv/bin/python benchmarks/cpu_latency.py --image-size 64 --iters 3 --iters32 2 --no-ov  # a quick check
+    .venv/bin/python benchmarks/cpu_latency.py --checkpoint runs/c64/best.pt --ort-tuning --profile
+    .venv/bin/python benchmarks/cpu_latency.py --checkpoint runs/c64/best.pt --skip-table --weight-bits
+    .venv/bin/python benchmarks/cpu_latency.py --checkpoint runs/c64/best.pt --image-size 64 --iters 3 --iters32 2 --no-ov  # a quick check
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 AUTO_ORDER: tuple[str, ...] = ("trt", "ort-cuda", "ort-cpu")
 
 
-
 @dataclass(frozen=True)
 class Prediction:
     """One image's result: the best label, its probability, the top-k (label, probability) and
