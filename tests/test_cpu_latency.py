@@ -84,12 +84,12 @@ def test_round_robin_alternates_blocks_and_counts_every_timed_call(bench, monkey
 
 @pytest.mark.slow
 def test_the_script_runs_end_to_end_on_a_tiny_model(bench, tmp_path, capsys, monkeypatch):
-    """The real thing, as small as it gets: a random 3-class AlexNet-2012 at 64 px, a generated image
-    folder, one timed call per block; every mode, OpenVINO when it is installed."""
+    """The real thing, as small as it gets: a random 3-class width-reduced AlexNet-2012 at 64 px, a
+    generated image folder, one timed call per block; every mode, OpenVINO when it is installed."""
     monkeypatch.setattr(bench, "SETTLE_S", 0.0)   # ~50 s of sleeping between blocks otherwise
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from conftest import write_image_folder
+    from conftest import PIPELINE_WIDTH, write_image_folder
 
     from alexnet_deploy.alexnet.checkpoint import save_checkpoint
     from alexnet_deploy.alexnet.model import build_model
@@ -97,7 +97,8 @@ def test_the_script_runs_end_to_end_on_a_tiny_model(bench, tmp_path, capsys, mon
 
     torch.manual_seed(0)
     classes = ("class_0", "class_1", "class_2")
-    checkpoint = save_checkpoint(tmp_path / "model.pt", model=build_model("alexnet2012", num_classes=3),
+    model = build_model("alexnet2012", num_classes=3, width=PIPELINE_WIDTH)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model=model,
                                  arch="alexnet2012", classes=classes, preprocess=PreprocessSpec(resize=72, crop=64),
                                  config={}, epoch=0, metrics={})
     data = write_image_folder(tmp_path / "images", classes=3, per_class=6, size=48)
