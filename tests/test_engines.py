@@ -17,8 +17,9 @@ import pytest
 
 from alexnet_deploy.deploy.trt import engines
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.trt.engines import (MIN_WORKSPACE, Attempt, BuildOptions, DeviceInfo, default_workspace,
-                                           engine_key, ensure_engine, find_cached, is_oom, probe_device, retry_plan)
+from alexnet_deploy.deploy.trt.child import OOM_EXIT_CODE, DeviceInfo, is_oom, probe_device
+from alexnet_deploy.deploy.trt.engines import (MIN_WORKSPACE, Attempt, BuildOptions, default_workspace, engine_key,
+                                           ensure_engine, find_cached, retry_plan)
 from alexnet_deploy.errors import BackendUnavailable, BundleError, ExportError
 from device_helpers import tiny_bundle
 
@@ -54,7 +55,7 @@ def test_default_workspace_from_free_memory() -> None:
 
 @pytest.mark.parametrize("code, message, oom", [
     (-9, "", True),                     # SIGKILL: the Linux OOM killer
-    (engines.OOM_EXIT_CODE, "", True),
+    (OOM_EXIT_CODE, "", True),
     (1, "[defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)", True),
     (1, "Requested amount of GPU memory (1073741824 bytes) could not be allocated", True),
     (1, "node 'conv1' (Conv): unsupported", False),

@@ -38,7 +38,7 @@ def stand_in_env(trt_version: str = "10.3.0", devices: int = 1, dla_cores: int =
 def use_stand_ins(monkeypatch, **kwargs):
     """Configure and import the stand-in tensorrt (returned). Pair with ``purge()`` after the test
     (the ``stand_ins`` fixture does both)."""
-    # PYTHONPATH too: export builds engines in a child process (deploy/trt/engines.py).
+    # PYTHONPATH too: export builds engines in a child process (deploy/trt/child.py).
     for key, value in stand_in_env(**kwargs).items():
         monkeypatch.setenv(key, value)
     monkeypatch.syspath_prepend(str(STUBS))
