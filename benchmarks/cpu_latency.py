@@ -7,7 +7,7 @@ and the ``ort`` and ``ov`` backends at fp32 / fp16 / int8 on bundles exported wi
 formulation (deploy/graph_lrn.py), with ratios to torch and to the floors, timed round-robin so load
 from other processes hits every row alike; every row's top-1 agreement with torch (and top-1, with
 --data). The models are what users ship (the project's export and calibration, 7-bit int8 weights);
-the timing is deploy/bench.py's. Extra modes: ``--ort-tuning`` measures SessionOptions, ``--profile``
+the timing is deploy/timing.py's. Extra modes: ``--ort-tuning`` measures SessionOptions, ``--profile``
 prints ONNX Runtime's and OpenVINO's per-op profiles, ``--weight-bits`` times 7-bit (portable)
 against 8-bit int8 weights.
 
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy import Backend, load
-from alexnet_deploy.deploy.bench import (EvalSet, LatencyStats, latency_input, latency_stats, load_eval_set,
-                                         load_reference_npz, measure)
+from alexnet_deploy.deploy.bench import EvalSet, latency_input, load_eval_set, load_reference_npz
+from alexnet_deploy.deploy.timing import LatencyStats, latency_stats, measure
 from alexnet_deploy.deploy.bundle import read_manifest
 from alexnet_deploy.deploy.compare import compare_logits
 from alexnet_deploy.deploy.onnxrt import import_ort, session_options
@@ -46,7 +46,7 @@ DEFAULT_CHECKPOINT = ROOT / "runs" / "cifar64-default" / "best.pt"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-train"
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_BATCH = 32
-# Untimed calls before each block (bench.measure warms up by time, at least one call): a block's
+# Untimed calls before each block (timing.measure warms up by time, at least one call): a block's
 # first call after another row's block is the slow one. Sleep before each block: see time_round_robin.
 WARMUP_S, SETTLE_S = 0.05, 0.2
 # A row of the tables: (name, LRN formulation, the open backend).
@@ -127,7 +127,7 @@ class SessionBackend(Backend):
 
 
 def time_round_robin(models: list[Backend], batch: np.ndarray, iters: int, rounds: int = 3) -> list[LatencyStats]:
-    """bench.measure on every model, ``iters`` timed calls each, in ``rounds`` blocks per model in
+    """timing.measure on every model, ``iters`` timed calls each, in ``rounds`` blocks per model in
     turn. Alternating blocks lets background load on a shared machine hit every row alike; blocks (not
     single calls) keep one runtime's idle spinning threads (ORT, OpenVINO, torch's OpenMP) from slowing
     the next one's timed calls, and SETTLE_S of sleep before each block lets them go idle."""

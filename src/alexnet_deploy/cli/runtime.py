@@ -106,6 +106,7 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
     that are merely unavailable here (no GPU, no TensorRT) do not fail the run."""
     from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy import bench as lib
+    from alexnet_deploy.deploy.bench_report import write_csv, write_json, write_plots
     from alexnet_deploy.deploy.files import check_writable
 
     # Checked before the run: a bench can take minutes, and its results must not be lost at the end.
@@ -127,10 +128,10 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
         console.print(f"[{number}] {reason}", markup=False, highlight=False)
     _print_notes(console, report)
     if json_path:
-        console.print(f"wrote {lib.write_json(report, json_path)}")
+        console.print(f"wrote {write_json(report, json_path)}")
     if csv_path:
-        console.print(f"wrote {lib.write_csv(report.rows, csv_path)}")
-    for path in lib.write_plots(report, plot_dir) if plot_dir else []:
+        console.print(f"wrote {write_csv(report.rows, csv_path)}")
+    for path in write_plots(report, plot_dir) if plot_dir else []:
         console.print(f"wrote {path}")
     _exit_on_failure(report)
 
@@ -151,7 +152,7 @@ def _exit_on_failure(report) -> None:
         sys.exit(1)
 
 def _cv_warn(report) -> float:
-    from alexnet_deploy.deploy.bench import CV_WARN
+    from alexnet_deploy.deploy.timing import CV_WARN
 
     return float(report.config.get("cv_warn", CV_WARN))
 
@@ -203,7 +204,7 @@ def bench_diff(old, new, max_latency_regress, max_acc_drop) -> None:
     """Compare two bench JSONs row by row (backend, precision, batch); exit 1 on a regression."""
     from rich.table import Table
 
-    from alexnet_deploy.deploy.bench import read_report
+    from alexnet_deploy.deploy.bench_report import read_report
     from alexnet_deploy.deploy.compare import diff_reports
 
     diffs = diff_reports(read_report(old)["rows"], read_report(new)["rows"],

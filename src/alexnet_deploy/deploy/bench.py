@@ -16,14 +16,9 @@ Anything that cannot run here still gets rows, with status "unavailable" or "fai
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import logging
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,20 +28,17 @@ import numpy as np
 from alexnet_deploy.deploy.backend import Backend, backend_class, check_manifest_against_models, resolve_backend
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.compare import Accuracy, compare_logits
-from alexnet_deploy.deploy.files import atomic_write_text
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.precision import precision as precision_row
 from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.deploy.system import system_facts
-from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.deploy.timing import CV_WARN, LatencyStats, latency_stats, measure
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ov", "ort-cuda", "ort-tensorrt", "trt")
-# trtexec warns above 2.5 % on a GPU with locked clocks; a shared CPU is noisier, so 10 %.
-CV_WARN = 0.10
 
 
 @dataclass(frozen=True)
@@ -67,22 +59,6 @@ class BenchConfig:
     cv_warn: float = CV_WARN
     seed: int = 0
     strict: bool = False                   # an unreadable --data image stops the run instead of being skipped
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Per-iteration latency summary for one batch size."""
-
-    iters: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    max_ms: float
-    cv: float
-    throughput_ips: float
 
 
 @dataclass(frozen=True)
@@ -137,51 +113,6 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return {"system": self.system, "config": self.config, "rows": [r.to_dict() for r in self.rows]}
 
-
-# ---- latency ---------------------------------------------------------------------------------
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """trtexec's percentile: ``sorted[max(n - 1 - floor((1 - p/100) * n), 0)]`` (a value that occurred)."""
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("percentile of no values")
-    # round() first: in binary floating point (1 - 0.9) * 100 is 9.999..., which would floor to 9
-    # and make the p90 of 1..100 read 91; the definition means 10 (trtexec computes in float32).
-    return float(sorted_values[max(n - 1 - int(math.floor(round((1.0 - p / 100.0) * n, 9))), 0)])
-
-
-def latency_stats(times_s: Sequence[float], batch: int, wall_s: float) -> LatencyStats:
-    """Summary of per-iteration times (seconds); throughput = images / ``wall_s``."""
-    ms = np.sort(np.asarray(times_s, dtype=np.float64) * 1000.0)
-    mean = float(ms.mean())
-    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
-    return LatencyStats(iters=len(ms), p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90),
-                        p99_ms=percentile(ms, 99), mean_ms=mean, std_ms=std, min_ms=float(ms[0]),
-                        max_ms=float(ms[-1]), cv=std / mean if mean > 0 else 0.0,
-                        throughput_ips=len(ms) * batch / wall_s if wall_s > 0 else 0.0)
-
-
-def measure(step: Callable[[], object], sync: Callable[[], None], *, warmup_s: float, min_iters: int,
-            min_time_s: float) -> tuple[list[float], float]:
-    """Warm up for ``warmup_s`` (at least one call), then time calls until both minimums are met.
-
-    Returns (per-iteration seconds, wall seconds of the timed loop). ``sync`` runs inside each
-    timed iteration so queued GPU work is counted where it happens.
-    """
-    end = time.perf_counter() + warmup_s
-    while True:
-        step()
-        sync()
-        if time.perf_counter() >= end:
-            break
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max(1, min_iters) or time.perf_counter() - start < min_time_s:
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times, time.perf_counter() - start
 
 
 # ---- evaluation data -------------------------------------------------------------------------
@@ -445,94 +376,3 @@ def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
     config_dict = {**dataclasses.asdict(config), "bundle": str(bundle), "batches": list(batches),
                    "skipped_images": [path for path, _ in eval_set.skipped] if eval_set else []}
     return BenchReport(system_facts(config.threads), tuple(rows), config_dict)
-
-
-# ---- outputs ---------------------------------------------------------------------------------
-
-def write_json(report: BenchReport, path: str | os.PathLike) -> Path:
-    """The bench JSON: {"system": ..., "config": ..., "rows": [...]} (atomic write)."""
-    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    return Path(path)
-
-
-def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
-    """One line per row, columns ROW_FIELDS; warnings joined with '; ' (atomic write)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(ROW_FIELDS), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        data = row.to_dict()
-        data["warnings"] = "; ".join(row.warnings)
-        writer.writerow({k: "" if v is None else v for k, v in data.items()})
-    atomic_write_text(path, buffer.getvalue())
-    return Path(path)
-
-
-def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """A bench JSON written by write_json; a clear error naming the file otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise AlexNetDeployError(f"{path}: not found; write one with "
-                                 f"`alexnet-deploy bench BUNDLE --json {path}`") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AlexNetDeployError(f"{path}: not a bench JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise AlexNetDeployError(f"{path}: not a bench JSON (expected an object with a 'rows' list)")
-    return data
-
-
-def write_plots(report: BenchReport, out_dir: str | os.PathLike) -> list[Path]:
-    """latency_vs_batch.png and top1_vs_latency.png (matplotlib, imported only here)."""
-    require("matplotlib", package="matplotlib", needed_for="--plot").use("Agg")  # no display on a device
-    plt = require("matplotlib.pyplot", package="matplotlib", needed_for="--plot")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in report.rows if r.status == "ok"]
-    written = [_plot_latency(plt, ok, out / "latency_vs_batch.png")]
-    if any(r.top1 is not None or r.agreement is not None for r in ok):
-        written.append(_plot_accuracy(plt, ok, out / "top1_vs_latency.png"))
-    return written
-
-
-def _save(plt, fig, path: Path) -> Path:
-    from alexnet_deploy.deploy.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _plot_latency(plt, rows: Sequence[BenchRow], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in dict.fromkeys((r.backend, r.precision) for r in rows):
-        series = sorted((r.batch, r.p50_ms, r.p90_ms) for r in rows if (r.backend, r.precision) == key)
-        xs, p50, p90 = zip(*series)
-        line, = ax.plot(xs, p50, marker="o", label=f"{key[0]} {key[1]}")
-        ax.fill_between(xs, p50, p90, color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="batch", ylabel="latency per batch, p50 (ms; band to p90)", title="Latency vs batch")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")  # backends differ by 10x and more; a linear axis flattens the fast ones
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
-
-
-def _plot_accuracy(plt, rows: Sequence[BenchRow], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    use_top1 = any(r.top1 is not None for r in rows)
-    smallest = min(r.batch for r in rows)
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    for r in rows:
-        value = r.top1 if use_top1 else r.agreement
-        if r.batch == smallest and value is not None:
-            ax.scatter(r.p50_ms, value * 100, s=50, marker=markers.get(r.precision, "o"),
-                       label=f"{r.backend} {r.precision}")
-    label = "top-1 (%)" if use_top1 else "top-1 agreement with reference (%)"
-    ax.set(xlabel=f"p50 latency at batch {smallest} (ms, log)", ylabel=label, title=f"{label} vs latency")
-    ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, path)
