@@ -1,27 +1,18 @@
-"""Training: ``TrainConfig`` (fields = CLI flag names), ``train()``, ``evaluate()``; DDP under torchrun.
+"""Training: ``train()``, ``train_one_epoch()``, ``evaluate()``; DDP under torchrun.
 
-Two recipes. ``paper`` is the 2012 recipe exactly (SGD momentum 0.9, weight decay 5e-4, lr 0.01,
-step schedule dividing by 10, clipping 1.0, the paper's init). ``default`` converges much faster at
-CPU scale (AdamW with warm-up, cosine decay, label smoothing; chosen by measurement, see README).
-Any recipe value can be overridden by its flag; ``None`` in the config means "the recipe's value".
-
-The run directory gets ``best.pt``, ``last.pt``, ``metrics.jsonl``, ``metrics.csv``,
-``curves.png``, ``config.toml`` (resolved) and ``train.log``. Only rank 0 writes.
+The configuration (``TrainConfig``, whose fields are the CLI flag names, and the two recipes) is in
+train_config.py; what a run writes besides its checkpoints (metrics, curves, train.log,
+TensorBoard, W&B) is in run_dir.py. Here: the data split, the model, optimizer and schedule,
+the epoch loop, checkpoints (``best.pt``, ``last.pt``) and exact resume. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import json
 import logging
 import math
-import os
 import tempfile
 import time
-import typing
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,186 +22,18 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, Mu
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_deploy.alexnet.data import (
-    AUGMENTS, CACHE_MODES, BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval,
+    BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval,
     ram_budget, resolve_splits, train_spec)
-from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, INITS, build_model
+from alexnet_deploy.alexnet.distributed import DistContext, all_reduce, setup_distributed, wrap_ddp
+from alexnet_deploy.alexnet.model import build_model
+from alexnet_deploy.alexnet.run_dir import ExternalLoggers, RunLog, read_history, write_metrics
+from alexnet_deploy.alexnet.train_config import RECIPES, TrainConfig, config_to_toml, load_config_file
 from alexnet_deploy.deploy.files import atomic_write_text
-from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally, note
 from alexnet_deploy.errors import AlexNetDeployError, CheckpointError
 
 log = logging.getLogger(__name__)
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # Krizhevsky et al. 2012, section 5.
-    "paper": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-              "warmup_epochs": 0.0, "label_smoothing": 0.0, "clip_grad": 1.0, "init": "paper", "batch_size": 128},
-    # Measured on CIFAR-10 at 64 px on 2 CPU cores (README "Results").
-    # Batch 64 (twice the steps) matched 128 after 5 epochs, ran faster per epoch on 2 cores and led mid-run.
-    "default": {"optimizer": "adamw", "lr": 5e-4, "momentum": 0.9, "weight_decay": 0.05, "schedule": "cosine",
-                "warmup_epochs": 0.3, "label_smoothing": 0.1, "clip_grad": 1.0, "init": "default", "batch_size": 64},
-}
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
-METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "grad_norm",
-                 "epoch_seconds", "train_images_per_s", "train_images", "val_images", "elapsed_seconds",
-                 "best_val_top1")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training option. Field names are the CLI flag names (``batch_size`` = ``--batch-size``).
-    ``None`` means: the recipe's value (optimizer settings) or the arch's default (image size)."""
-
-    data: str
-    val: str | None = None
-    val_split: float | None = None
-    out: str = "runs/train"
-    arch: str = "alexnet2012"
-    epochs: int = 5
-    batch_size: int | None = None
-    lr: float | None = None
-    image_size: int | None = None
-    resize: int | None = None
-    workers: int = 2
-    seed: int = 0
-    resume: str | None = None
-    device: str = "auto"
-    max_per_class: int | None = None
-    recipe: str = "default"
-    init: str | None = None
-    optimizer: str | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    clip_grad: float | None = None
-    dropout: float = 0.5
-    width: float = 1.0  # channel/FC width multiplier; 1.0 is the paper's network
-    augment: str = "crop-flip"
-    cache: str = "auto"  # decoded images in RAM, or decoded per batch when they do not fit
-    amp: bool = False
-    strict: bool = False
-    tensorboard: bool = False
-    wandb: str | None = None  # W&B project name; logging only when given
-    overwrite: bool = False  # replace a previous run in --out (never written to config.toml)
-
-    def resolved(self) -> "TrainConfig":
-        """Fill recipe / arch defaults and validate; the result has no ``None`` recipe values."""
-        self.validate()
-        values = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
-        image_size = self.image_size or DEFAULT_INPUT[self.arch][1]
-        resize = self.resize or PreprocessSpec.for_image_size(image_size).resize
-        return dataclasses.replace(self, image_size=image_size, resize=resize, **values)
-
-    def validate(self) -> None:
-        for f in fields(self):
-            problem = field_type_problem(f.name, getattr(self, f.name))
-            if problem:
-                raise AlexNetDeployError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r}: {problem}")
-        self._validate_choices()
-        self._validate_ranges()
-
-    def _validate_choices(self) -> None:
-        choices = {"arch": ARCHS, "recipe": tuple(RECIPES), "augment": AUGMENTS, "cache": CACHE_MODES,
-                   "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "device": ("auto", "cpu", "cuda")}
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise AlexNetDeployError(f"--{name.replace('_', '-')} {value!r}: expected one of {', '.join(allowed)}")
-
-    def _validate_ranges(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "image_size": self.image_size, "resize": self.resize, "workers": self.workers,
-                    "max_per_class": self.max_per_class}
-        for name, value in positive.items():
-            if value is not None and value <= 0:
-                raise AlexNetDeployError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        for name, low, high in _RANGES:
-            value = getattr(self, name)
-            if value is not None and not (low <= value < high):
-                bound = f"{low} <= x < {high}" if high != math.inf else f">= {low}"
-                raise AlexNetDeployError(f"--{name.replace('_', '-')} {value}: expected {bound}")
-        if not 0 < self.width <= 1:
-            raise AlexNetDeployError(f"--width {self.width}: expected 0 < x <= 1 (1.0 is the paper's network)")
-        if self.val_split is not None and not 0 < self.val_split < 1:
-            raise AlexNetDeployError(f"--val-split {self.val_split}: expected a fraction between 0 and 1")
-        if self.image_size is not None and not 63 <= self.image_size <= 512:
-            raise AlexNetDeployError(f"--image-size must be between 63 and 512, got {self.image_size}")
-        if self.image_size and self.resize and self.resize < self.image_size:
-            raise AlexNetDeployError(f"--resize {self.resize} is smaller than --image-size {self.image_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# Flags with a half-open valid range [low, high).
-_RANGES = (("dropout", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("momentum", 0.0, math.inf),
-           ("weight_decay", 0.0, math.inf), ("warmup_epochs", 0.0, math.inf), ("clip_grad", 0.0, math.inf),
-           ("seed", 0, math.inf))
-
-
-def field_type_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be TrainConfig's ``name`` (e.g. epochs = "abc" in a TOML), or None."""
-    hint = typing.get_type_hints(TrainConfig)[name]
-    allowed = typing.get_args(hint) or (hint,)
-    if value is None:
-        return None if type(None) in allowed else "expected a value"
-    if bool in allowed:
-        ok, kind = isinstance(value, bool), "true or false"
-    elif int in allowed:
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif float in allowed:
-        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    else:
-        ok, kind = isinstance(value, str), "a string"
-    return None if ok else f"expected {kind}"
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML file keyed by flag names (``batch-size`` or ``batch_size``); unknown keys are errors."""
-    tomllib = require("tomllib", "tomli", package="tomli", needed_for="--config on Python 3.10")
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AlexNetDeployError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AlexNetDeployError(f"{path}: not valid TOML ({exc})") from exc
-    raw = raw.get("train", raw)  # accept a [train] table or top-level keys
-    known = {f.name for f in fields(TrainConfig)}
-    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise AlexNetDeployError(f"{path}: unknown keys {unknown}; expected train flag names like batch-size")
-    for key, value in values.items():
-        problem = field_type_problem(key, value)
-        if problem:
-            raise AlexNetDeployError(f"{path}: {key.replace('_', '-')} = {value!r}: {problem}")
-    return values
-
-
-def config_to_toml(config: TrainConfig) -> str:
-    """The resolved config as TOML (``None`` values are left out: TOML has no null)."""
-    tomli_w = require("tomli_w", package="tomli-w", needed_for="writing config.toml")
-    values = {key.replace("_", "-"): value for key, value in config.to_dict().items()
-              if value is not None and key != "overwrite"}
-    return "# resolved by alexnet-deploy train; usable as --config\n" + tomli_w.dumps({"train": values})
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process trains: its rank, the world size, its device (rank 0 of 1 on CPU by default)."""
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Path:
@@ -221,11 +44,11 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Path
     epoch whose metrics are that epoch's metrics.jsonl row. Raising from it stops training (tests
     use this to simulate an interrupted run)."""
     config = config.resolved()
-    dist = _setup_distributed(config.device)
+    dist = setup_distributed(config.device)
     out = Path(config.out)
     if dist.main:
         check_run_dir(out, config)
-    run_log = _RunLog(out) if dist.main else None
+    run_log = RunLog(out) if dist.main else None
     try:
         return _train(config, dist, out, progress if dist.main else None)
     finally:
@@ -239,7 +62,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     if config.resume and not Path(config.resume).is_file():
         raise CheckpointError(f"--resume {config.resume}: no such file; pass the run's last.pt")
     torch.manual_seed(config.seed)
-    loggers = _ExternalLoggers(config, out) if dist.main else None  # fail fast on a missing package
+    loggers = ExternalLoggers(config, out) if dist.main else None  # fail fast on a missing package
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
     splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class)
     train_set, val_set = _decode_splits(config, splits, spec, progress)
@@ -252,7 +75,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out)
     torch.manual_seed(config.seed * 1_000 + dist.rank + start)  # dropout stream (resume restores it)
     _restore_rng(rng if dist.main else None)  # only rank 0's state is saved
-    wrapped = _wrap_ddp(model, dist)
+    wrapped = wrap_ddp(model, dist)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.toml", config_to_toml(config))
@@ -438,7 +261,7 @@ def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: I
         totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n,
                                 grad_norm if finite else 0.0, float(finite)], dtype=torch.float64)
         tally.advance(n * dist.world, f"loss {loss.item():.3f}")
-    return _all_reduce(totals, dist).tolist()
+    return all_reduce(totals, dist).tolist()
 
 
 @torch.no_grad()
@@ -464,39 +287,7 @@ def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None
 
 
 def _val_for_all_ranks(val: list[float], dist: DistContext) -> list[float]:
-    return _all_reduce(torch.tensor(val, dtype=torch.float64), dist).tolist()
-
-
-def _all_reduce(values: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    if dist.world > 1:
-        device_values = values.to(dist.device)
-        torch.distributed.all_reduce(device_values)
-        return device_values.cpu()
-    return values
-
-
-def _setup_distributed(device: str) -> DistContext:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AlexNetDeployError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext(device="cuda" if cuda else "cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return DistContext(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
-                 device=f"cuda:{local}" if cuda else "cpu")
-
-
-def _wrap_ddp(model: nn.Module, dist: DistContext) -> nn.Module:
-    if dist.world == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[dist.device] if dist.device.startswith("cuda") else None)
+    return all_reduce(torch.tensor(val, dtype=torch.float64), dist).tolist()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -536,7 +327,7 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     if "scaler_state" in raw:
         scaler.load_state_dict(raw["scaler_state"])
     # Metrics of the earlier epochs: from --out, or from the resumed run's directory when --out is new.
-    history = _read_history(out, ckpt.epoch) or _read_history(Path(config.resume).parent, ckpt.epoch)
+    history = read_history(out, ckpt.epoch) or read_history(Path(config.resume).parent, ckpt.epoch)
     best = max((row["val_top1"] for row in history), default=float("-inf"))
     log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
     return ckpt.epoch, best, history, raw.get("rng_state")
@@ -560,14 +351,6 @@ def _schedule_signature(state: dict) -> tuple:
             [_schedule_signature(inner) for inner in state.get("_schedulers", ())])
 
 
-def _read_history(out: Path, upto: int) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["epoch"] <= upto]
-
-
 def _write_epoch(config, out, model, classes, spec, row, history, optimizer, scheduler, scaler) -> None:
     common = dict(model=model, arch=config.arch, classes=classes, preprocess=spec, config=config.to_dict(),
                   epoch=row["epoch"], metrics=row)
@@ -576,120 +359,8 @@ def _write_epoch(config, out, model, classes, spec, row, history, optimizer, sch
                     rng_state=_rng_state())
     if row["val_top1"] >= row["best_val_top1"]:
         save_checkpoint(out / "best.pt", **common)
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    atomic_write_text(out / "metrics.csv", _csv(history))
-    _plot(out / "curves.png", history)
+    write_metrics(out, history)
     log.info("epoch %d: %s", row["epoch"], json.dumps(row))
-
-
-def _csv(history: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, restval="", extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buffer.getvalue()
-
-
-def _plot(path: Path, history: list[dict]) -> None:
-    """Loss and top-1 curves, train and val (matplotlib's Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from alexnet_deploy.deploy.files import atomic_path
-
-    epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4))
-    for ax, key, label in ((fig.add_subplot(1, 2, 1), "loss", "loss"), (fig.add_subplot(1, 2, 2), "top1", "top-1")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", label="val")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-class _RunLog:
-    """train.log in the run directory at INFO level, without making the console chattier:
-    console handlers keep dropping records below the level they showed before."""
-
-    def __init__(self, out: Path):
-        out.mkdir(parents=True, exist_ok=True)
-        self.logger = logging.getLogger("alexnet_deploy")
-        self.old_level = self.logger.level
-        shown = self.logger.getEffectiveLevel()
-        self.handler = logging.FileHandler(out / "train.log")
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.handler.setLevel(logging.INFO)
-        self.console_filter = lambda record: not record.name.startswith("alexnet_deploy") or record.levelno >= shown
-        self.consoles = list(logging.getLogger().handlers)
-        for console in self.consoles:
-            console.addFilter(self.console_filter)
-        self.logger.addHandler(self.handler)
-        self.logger.setLevel(min(shown, logging.INFO))
-
-    def close(self) -> None:
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.old_level)
-        for console in self.consoles:
-            console.removeFilter(self.console_filter)
-        self.handler.close()
-
-
-class _ExternalLoggers:
-    """Optional TensorBoard / Weights & Biases logging, imported only when asked for.
-
-    Both get every numeric field of each metrics.jsonl row under the same name, with the epoch as
-    the step (learning rate, losses, top-1/top-5, gradient norm, images/s, times), and the resolved
-    run config, so what a dashboard shows can be checked against metrics.jsonl."""
-
-    def __init__(self, config: TrainConfig, out: Path):
-        self.tb = self.wandb_run = None
-        if config.tensorboard:
-            self.tb = _tensorboard_writer(out / "tensorboard")
-            # Text, because TensorBoard's hparams plugin drops None values and lists.
-            self.tb.add_text("config", "```\n" + json.dumps(config.to_dict(), indent=1) + "\n```", 0)
-        if config.wandb:
-            self.wandb_run = _wandb_run(config, out)
-
-    def log(self, row: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}
-        if self.tb:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, row["epoch"])
-            self.tb.flush()
-        if self.wandb_run:
-            self.wandb_run.log({"epoch": row["epoch"], **scalars})
-
-    def close(self, failed: bool = False) -> None:
-        if self.tb:
-            self.tb.close()
-        if self.wandb_run:
-            self.wandb_run.finish(exit_code=1 if failed else 0)
-
-
-def _tensorboard_writer(log_dir: Path):
-    # torch's module imports the tensorboard package, so its ImportError means that one is missing.
-    tensorboard = require("torch.utils.tensorboard", package="tensorboard", needed_for="--tensorboard")
-    return tensorboard.SummaryWriter(log_dir=str(log_dir))
-
-
-def _wandb_run(config: TrainConfig, out: Path):
-    wandb = require("wandb", package="wandb", needed_for="--wandb")
-    try:
-        run = wandb.init(project=config.wandb, name=out.name, dir=str(out), config=config.to_dict(),
-                         job_type="train")
-    except Exception as exc:  # noqa: BLE001 - wandb raises its own types for login/network problems
-        raise AlexNetDeployError(f"--wandb {config.wandb}: wandb.init failed ({exc.__class__.__name__}: {exc}); "
-                                 "run `wandb login`, or set WANDB_MODE=offline to log to files only") from exc
-    # Charts against the epoch instead of W&B's own call counter.
-    run.define_metric("epoch")
-    run.define_metric("*", step_metric="epoch")
-    return run
 
 
 __all__ = ["TrainConfig", "DistContext", "RECIPES", "train", "train_one_epoch", "evaluate", "load_config_file",
