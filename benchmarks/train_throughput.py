@@ -26,7 +26,8 @@ import torch
 
 from alexnet_deploy.alexnet.data import BatchStream, StreamedSet, decode_eval, resolve_splits, train_spec
 from alexnet_deploy.alexnet.model import build_model
-from alexnet_deploy.alexnet.train import TrainConfig, DistContext, make_optimizer, make_scheduler, train_one_epoch
+from alexnet_deploy.alexnet.distributed import DistContext
+from alexnet_deploy.alexnet.train import TrainConfig, make_optimizer, make_scheduler, train_one_epoch
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 
 

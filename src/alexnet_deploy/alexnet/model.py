@@ -77,26 +77,10 @@ class AlexNet2012(_AlexNetBase):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__()
         self.width = width  # save_checkpoint records it, so loading rebuilds this model
-        c1, c2, c3, c4, c5 = _channels("alexnet2012", width)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
+        channels = _channels("alexnet2012", width)
+        self.features = _features(channels, lrn=True)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
+        self.classifier = _classifier(num_classes, dropout, channels[-1], _scaled(HIDDEN, width))
 
 
 class NarrowTorchvisionAlexNet(_AlexNetBase):
@@ -106,24 +90,30 @@ class NarrowTorchvisionAlexNet(_AlexNetBase):
     def __init__(self, num_classes: int, dropout: float, width: float) -> None:
         super().__init__()
         self.width = width  # save_checkpoint records it, so loading rebuilds this model
-        c1, c2, c3, c4, c5 = _channels("torchvision", width)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-        )
+        channels = _channels("torchvision", width)
+        self.features = _features(channels, lrn=False)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, c5, _scaled(HIDDEN, width))
+        self.classifier = _classifier(num_classes, dropout, channels[-1], _scaled(HIDDEN, width))
+
+
+def _features(channels: tuple[int, ...], lrn: bool) -> nn.Sequential:
+    """conv1..conv5 with their ReLUs and the three max-pools; with ``lrn``, the paper's LRN after the
+    ReLUs of conv1 and conv2. Module indices are torchvision's (without LRN) and the paper model's."""
+    c1, c2, c3, c4, c5 = channels
+
+    def norm() -> list[nn.Module]:
+        return [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA_TORCH, beta=LRN_BETA, k=LRN_K)] if lrn else []
+
+    return nn.Sequential(
+        nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), *norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(c1, c2, kernel_size=5, padding=2), nn.ReLU(inplace=True), *norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
 
 
 def _classifier(num_classes: int, dropout: float, channels: int, hidden: int) -> nn.Sequential:

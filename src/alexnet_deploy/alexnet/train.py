@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +27,7 @@ from alexnet_deploy.alexnet.distributed import DistContext, all_reduce, setup_di
 from alexnet_deploy.alexnet.model import build_model
 from alexnet_deploy.alexnet.run_dir import ExternalLoggers, RunLog, read_history, write_metrics
 from alexnet_deploy.alexnet.train_config import RECIPES, TrainConfig, config_to_toml, load_config_file
-from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.files import atomic_write_text, make_writable_dir
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally, note
 from alexnet_deploy.errors import AlexNetDeployError, CheckpointError
@@ -114,13 +113,7 @@ def check_run_dir(out: Path, config: TrainConfig) -> None:
     if previous and not config.resume and not config.overwrite:
         raise AlexNetDeployError(f"--out {out}: holds an earlier run ({', '.join(previous)}); continue it with "
                                  f"--resume {out / 'last.pt'}, choose a new --out, or pass --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise AlexNetDeployError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a "
-                                 "writable run directory") from exc
+    make_writable_dir(out, "--out")
 
 
 Dataset = DecodedSet | StreamedSet
