@@ -116,14 +116,11 @@ def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = Fals
     existing = path if directory else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent   # missing folders are made later, inside the nearest existing one
-    try:
+    with _cannot_write(flag, path):
         if not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
         with tempfile.TemporaryFile(dir=existing):
             pass
-    except OSError as exc:
-        raise AlexNetDeployError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
-                                 "choose a writable location") from exc
     return path
 
 
@@ -131,14 +128,21 @@ def make_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     """Create the output directory ``path`` (or reuse it) and prove a file can be created in it, so
     a run fails before its work, naming ``flag``, rather than after."""
     path = Path(path)
-    try:
+    with _cannot_write(flag, path):
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
+    return path
+
+
+@contextmanager
+def _cannot_write(flag: str, path: Path) -> Iterator[None]:
+    """An OSError inside becomes one line naming the flag and the path."""
+    try:
+        yield
     except OSError as exc:
         raise AlexNetDeployError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
-                                 "choose a writable directory") from exc
-    return path
+                                 "choose a writable location") from exc
 
 
 def public_dir_mode(path: str | os.PathLike) -> None:
