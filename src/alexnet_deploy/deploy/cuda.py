@@ -25,8 +25,7 @@ def check(cudart: ModuleType, result: Any, what: str) -> Any:
     """The value(s) of a cuda-python call: one value, a tuple of several, or None; an error raises."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise BackendUnavailable(f"CUDA {what} failed: {getattr(err, 'name', err)}; "
-                                 "is an NVIDIA GPU and its driver present?")
+        raise BackendUnavailable(f"CUDA {what} failed: {getattr(err, 'name', err)}")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -80,7 +79,7 @@ def cuda_device_count() -> tuple[int | None, str]:
         return None, str(exc)
     try:
         count = device_count(cudart)
-    except BackendUnavailable as exc:
+    except BackendUnavailable as exc:   # cudaErrorNoDevice, or no driver (cudaErrorInsufficientDriver)
         return 0, f"no CUDA GPU ({exc})"
     except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a reason, not a crash
         return 0, f"cudaGetDeviceCount raised {exc.__class__.__name__}: {exc}"
@@ -96,6 +95,8 @@ def gpu_facts() -> dict[str, Any]:
     try:
         count = device_count(import_cudart())
         gpu = gpu_info() if count else None
+    except (BackendUnavailable, MissingDependency) as exc:
+        return {"gpu": None, "gpu_reason": f"no CUDA GPU ({exc})"}
     except Exception as exc:  # noqa: BLE001 - facts are best effort; the reason is recorded
         return {"gpu": None, "gpu_reason": f"{exc.__class__.__name__}: {exc}"}
     if gpu is None:
