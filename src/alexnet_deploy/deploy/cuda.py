@@ -52,7 +52,11 @@ def _version(cudart: ModuleType, call) -> int | None:
 
 
 def device_count(cudart: ModuleType) -> int:
-    return int(check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+    """How many CUDA GPUs there are; without a driver (cudaErrorInsufficientDriver) that is an error."""
+    try:
+        return int(check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"no CUDA GPU ({exc})") from exc
 
 
 def gpu_info(device: int = 0) -> GpuInfo:
@@ -80,7 +84,7 @@ def cuda_device_count() -> tuple[int | None, str]:
     try:
         count = device_count(cudart)
     except BackendUnavailable as exc:   # cudaErrorNoDevice, or no driver (cudaErrorInsufficientDriver)
-        return 0, f"no CUDA GPU ({exc})"
+        return 0, str(exc)
     except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a reason, not a crash
         return 0, f"cudaGetDeviceCount raised {exc.__class__.__name__}: {exc}"
     return count, "" if count else "no CUDA GPU (cudaGetDeviceCount = 0)"
@@ -96,7 +100,7 @@ def gpu_facts() -> dict[str, Any]:
         count = device_count(import_cudart())
         gpu = gpu_info() if count else None
     except (BackendUnavailable, MissingDependency) as exc:
-        return {"gpu": None, "gpu_reason": f"no CUDA GPU ({exc})"}
+        return {"gpu": None, "gpu_reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - facts are best effort; the reason is recorded
         return {"gpu": None, "gpu_reason": f"{exc.__class__.__name__}: {exc}"}
     if gpu is None:
