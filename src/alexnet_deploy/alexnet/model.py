@@ -64,6 +64,14 @@ def _channels(arch: str, width: float) -> tuple[int, ...]:
 class _AlexNetBase(nn.Module):
     """features -> 6x6 adaptive pool -> flatten -> classifier (torchvision's forward)."""
 
+    def __init__(self, arch: str, num_classes: int, dropout: float, width: float) -> None:
+        super().__init__()
+        self.width = width  # save_checkpoint records it, so loading rebuilds this model
+        channels = _channels(arch, width)
+        self.features = _features(channels, lrn=arch == "alexnet2012")
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(num_classes, dropout, channels[-1], _scaled(HIDDEN, width))
+
     def forward(self, x):
         x = self.features(x)
         x = self.avgpool(x)
@@ -75,12 +83,7 @@ class AlexNet2012(_AlexNetBase):
     """The 2012 paper AlexNet, single tower, with LRN after conv1 and conv2."""
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, width: float = 1.0) -> None:
-        super().__init__()
-        self.width = width  # save_checkpoint records it, so loading rebuilds this model
-        channels = _channels("alexnet2012", width)
-        self.features = _features(channels, lrn=True)
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, channels[-1], _scaled(HIDDEN, width))
+        super().__init__("alexnet2012", num_classes, dropout, width)
 
 
 class NarrowTorchvisionAlexNet(_AlexNetBase):
@@ -88,12 +91,7 @@ class NarrowTorchvisionAlexNet(_AlexNetBase):
     torchvision's own class cannot go."""
 
     def __init__(self, num_classes: int, dropout: float, width: float) -> None:
-        super().__init__()
-        self.width = width  # save_checkpoint records it, so loading rebuilds this model
-        channels = _channels("torchvision", width)
-        self.features = _features(channels, lrn=False)
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(num_classes, dropout, channels[-1], _scaled(HIDDEN, width))
+        super().__init__("torchvision", num_classes, dropout, width)
 
 
 def _features(channels: tuple[int, ...], lrn: bool) -> nn.Sequential:
