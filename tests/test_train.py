@@ -159,6 +159,35 @@ def test_paper_recipe_is_exact():
     assert (config.batch_size, TrainConfig(data="x").resolved().batch_size) == (128, 64)
 
 
+@pytest.mark.parametrize("recipe", ["default", "paper"])
+def test_fused_optimizer_makes_the_reference_update(recipe):
+    """The fused step (one pass per tensor) changes speed, not the update: weight decay on weights
+    only for AdamW, on everything for the paper's SGD, as torch's per-element step with those groups."""
+    config = TrainConfig(data="x", recipe=recipe).resolved()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    fused = make_optimizer(config, model)
+    if recipe == "paper":
+        plain = torch.optim.SGD(reference, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, foreach=False)
+    else:
+        plain = torch.optim.AdamW([{"params": [p for p in reference if p.ndim > 1], "weight_decay": config.weight_decay},
+                                   {"params": [p for p in reference if p.ndim <= 1], "weight_decay": 0.0}],
+                                  lr=config.lr, foreach=False)
+    assert all(group["fused"] for group in fused.param_groups)
+    x = torch.randn(8, 3, 8, 8)
+    for _ in range(3):
+        for params, optimizer in ((list(model.parameters()), fused), (reference, plain)):
+            optimizer.zero_grad()
+            logits = torch.nn.functional.linear(torch.nn.functional.conv2d(x, params[0], params[1]).flatten(1),
+                                                params[2], params[3])
+            logits.square().mean().backward()
+            optimizer.step()
+    for got, want in zip(model.parameters(), reference):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def _lr_formula(step: int, total: int, warmup: int, schedule: str) -> float:
     """The schedule written out: the multiplier of the peak lr at optimizer step ``step``."""
     if warmup and step < warmup:

@@ -154,16 +154,25 @@ def _report_skipped(skipped, progress: ProgressCallback | None) -> None:
              + (" ..." if len(skipped) > 3 else ""))
 
 
+# Devices with torch's fused (one kernel per tensor) SGD and AdamW step.
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (paper) or AdamW. Weight decay is applied to weights only, not biases, for AdamW."""
+    """SGD (paper) or AdamW. Weight decay is applied to weights only, not biases, for AdamW.
+
+    The fused step is the same update in one pass over each tensor: AlexNet's 58 M FC weights make
+    the per-element loop of the default step memory-bound (on 2 CPU cores, batch 32 at 64 px, the
+    AdamW step took 298 ms of a 585 ms training step, fused 48 ms)."""
+    fused = next(model.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
     if config.optimizer == "sgd":
         # The paper decays every parameter, biases included.
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, fused=fused)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, fused=fused)
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
