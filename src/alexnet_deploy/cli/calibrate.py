@@ -10,6 +10,11 @@ from alexnet_deploy.cli import cli
 
 METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 
+# Shared by `calibrate` and `export --int8`, which both write model.int8.onnx.
+weight_bits_option = click.option(
+    "--weight-bits", default="7", show_default=True, type=click.Choice(["7", "8"]),
+    help="int8 weight bits: 7 runs correctly on every CPU; 8 only on TensorRT and CPUs with VNNI/AMX/ARM.")
+
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -29,8 +34,7 @@ METHOD_CHOICES = ["auto", "entropy", "minmax", "percentile"]
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--allow-random-calibration", is_flag=True,
               help="Calibrate on random pixels when no --calib is given: LATENCY EXPERIMENTS ONLY.")
-@click.option("--weight-bits", default="7", show_default=True, type=click.Choice(["7", "8"]),
-              help="Weight bits: 7 runs correctly on every CPU; 8 only on TensorRT and CPUs with VNNI/AMX/ARM.")
+@weight_bits_option
 @click.option("--report", "report_file", type=click.Path(path_type=Path),
               help="Also write the JSON report here (default: BUNDLE/calibration_report.json).")
 def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str, batch_size: int,

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from alexnet_deploy.cli import cli
+from alexnet_deploy.cli.calibrate import weight_bits_option
 
 
 def _summary(manifest, out: Path, seconds: float) -> None:
@@ -77,8 +78,7 @@ def _lrn_summary(export: dict) -> str:
 @click.option("--arch", type=click.Choice(["alexnet2012", "torchvision"]), help="Arch of a plain state_dict.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a plain state_dict.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
-@click.option("--weight-bits", default="7", show_default=True, type=click.Choice(["7", "8"]),
-              help="int8 weight bits: 7 runs correctly on every CPU; 8 only on TensorRT and CPUs with VNNI/AMX/ARM.")
+@weight_bits_option
 @click.option("--lrn", default="conv", show_default=True, help="LRN in the graph: conv (banded 1x1 conv + sqrt, fastest on CPU), native (one ONNX LRN node), or decomposed.")
 def export(checkpoint: Path, out: Path, fp16: bool, int8: bool, calib: Path | None, max_batch: int,
            opset: int | None, verify_data: Path | None, verify_count: int, no_engine: bool, image_size: int | None,
