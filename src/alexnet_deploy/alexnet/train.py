@@ -163,7 +163,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
     The fused step is the same update in one pass over each tensor: AlexNet's 58 M FC weights make
     the per-element loop of the default step memory-bound (on 2 CPU cores, batch 32 at 64 px, the
-    AdamW step took 298 ms of a 585 ms training step, fused 48 ms)."""
+    AdamW step took 413 ms of a 782 ms training step, fused 74 ms: benchmarks/train_step.py)."""
     fused = next(model.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
     if config.optimizer == "sgd":
         # The paper decays every parameter, biases included.
