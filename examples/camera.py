@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2 = import_cv2()   # first, so a missing OpenCV is reported before any model loads
 
     from alexnet_deploy.deploy import load
-    from alexnet_deploy.deploy.pack import open_bundle
+    from alexnet_deploy.deploy.bundle.archive import open_bundle
     from alexnet_deploy.errors import AlexNetDeployError
 
     cap = open_source(cv2, args.source)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from alexnet_deploy.deploy import load
-from alexnet_deploy.deploy.pack import open_bundle
+from alexnet_deploy.deploy.bundle.archive import open_bundle
 from alexnet_deploy.deploy.preprocess import image_files
 from alexnet_deploy.errors import AlexNetDeployError
 

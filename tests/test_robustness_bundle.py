@@ -17,7 +17,7 @@ import pytest
 
 from alexnet_deploy.deploy import load, preprocess
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.pack import pack_bundle, unpack_bundle
+from alexnet_deploy.deploy.bundle.archive import pack_bundle, unpack_bundle
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 from device_helpers import edit_manifest, tiny_bundle
 from robustness_helpers import one_error_line, run_cli

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_deploy.deploy.pack import pack_bundle
+from alexnet_deploy.deploy.bundle.archive import pack_bundle
 from alexnet_deploy.deploy.compare import Threshold, cosine_rows
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.verify import (FAIL, PASS, SKIP, judge_logits,

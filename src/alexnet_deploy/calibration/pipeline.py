@@ -3,6 +3,7 @@ accuracy budget, with its provenance in the manifest and a JSON report. No torch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -16,7 +17,8 @@ from alexnet_deploy import __version__
 from alexnet_deploy.calibration import budget, dataset, golden, histogram, qdq
 from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, CalibrationReport, MethodResult,
                                                write_report)
-from alexnet_deploy.deploy.bundle import Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.bundle import (Manifest, Staging, make_artifact, read_manifest, transaction, verify_artifact,
+                                          write_manifest)
 from alexnet_deploy.deploy.files import atomic_write_bytes
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
@@ -41,6 +43,7 @@ class _Request:
     allow_random: bool
     num_val: int
     weight_bits: int
+    shown: Path | None = None   # the bundle's own path, for reports, while ``bundle`` is a staging copy
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathLike | None, num_images: int = 512,
@@ -68,6 +71,31 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     """
     request = _validate(bundle_dir, calib_dir, num_images, method, batch_size,
                         budget.Budget(max_drop, min_agreement), val_dir, seed, allow_random, num_val, weight_bits)
+    # One transaction: model.int8.onnx, its golden vectors, the manifest and the bundle's report are
+    # written beside the bundle and swapped in together (the report alone when the budget is missed).
+    with transaction(request.bundle, "BUNDLE") as staging:
+        report, missed = _calibrate(dataclasses.replace(request, bundle=staging.path, shown=staging.dest), progress)
+    if report_path:
+        write_report(report_path, report)
+    if missed is not None:
+        raise missed
+    return report
+
+
+def calibrate_staged(staging: Staging, *, calib_dir: str | os.PathLike | None, val_dir: str | os.PathLike | None,
+                     weight_bits: int, progress: ProgressCallback | None = None) -> CalibrationReport:
+    """``calibrate_bundle`` with its defaults, inside a transaction the caller holds (export --int8)."""
+    request = _validate(staging.path, calib_dir, 512, "auto", 32, budget.Budget(None, None), val_dir, 0, False,
+                        1000, weight_bits)
+    report, missed = _calibrate(dataclasses.replace(request, shown=staging.dest), progress)
+    if missed is not None:
+        raise missed
+    return report
+
+
+def _calibrate(request: _Request, progress: ProgressCallback | None) -> tuple[CalibrationReport, BudgetNotMet | None]:
+    """Calibrate into ``request.bundle`` (a staging copy); the budget miss is returned, not raised,
+    so that the report it carries is still committed."""
     started = time.perf_counter()
     manifest = read_manifest(request.bundle)
     fp32_path = _fp32_model(request.bundle, manifest)
@@ -78,33 +106,21 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     histograms = _timed(timings, "histograms", lambda: histogram.collect(
         fp32_path, calib.images, request.batch_size, progress))
     staged = request.bundle / f".{INT8_FILE}.staged"
-    try:
-        results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation,
-                                                                 progress, timings, staged)
-        report = _report(request, calib, evaluation, notes, timings, started, results, chosen, kept, ranked,
-                         int8_acc, met, staged)
-        oracle = golden.int8_reference_logits(request.bundle, manifest, staged) if met is not False else None
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+    results, chosen, kept, ranked, int8_acc, met = _quantize(request, fp32_path, histograms, evaluation,
+                                                             progress, timings, staged)
+    report = _report(request, calib, evaluation, notes, timings, started, results, chosen, kept, ranked,
+                     int8_acc, met, staged)
     if met is False:
-        _write_reports(request.bundle, report, report_path)
-        raise BudgetNotMet(f"int8 missed {request.budget.describe()} even with {len(kept)} layer(s) kept in float: "
-                           f"best reached top-1 drop {report.drop:.2f} points, agreement {report.int8.agreement:.2f} "
-                           f"% (see {REPORT_NAME}); relax the budget or use more/better calibration images", report)
-    # Everything was computed first, so only renames and small writes remain: the model, its golden
-    # vectors, the manifest that hashes both, then the report (the bundle's copy, and --report's).
+        write_report(request.bundle / REPORT_NAME, report)
+        return report, BudgetNotMet(
+            f"int8 missed {request.budget.describe()} even with {len(kept)} layer(s) kept in float: best reached "
+            f"top-1 drop {report.drop:.2f} points, agreement {report.int8.agreement:.2f} % (see {REPORT_NAME}); "
+            "relax the budget or use more/better calibration images", report)
+    oracle = golden.int8_reference_logits(request.bundle, manifest, staged)
     os.replace(staged, request.bundle / INT8_FILE)
     _update_manifest(request, calib, report, histograms_summary(chosen.thresholds), oracle)
-    _write_reports(request.bundle, report, report_path)
-    return report
-
-
-def _write_reports(bundle: Path, report: CalibrationReport, report_path: str | os.PathLike | None) -> None:
-    # The bundle always keeps its own copy, which the manifest references; --report adds another.
-    write_report(bundle / REPORT_NAME, report)
-    if report_path:
-        write_report(report_path, report)
+    write_report(request.bundle / REPORT_NAME, report)
+    return report, None
 
 
 def _report(request: _Request, calib, evaluation, notes, timings, started, results, chosen, kept, ranked, int8_acc,
@@ -112,7 +128,7 @@ def _report(request: _Request, calib, evaluation, notes, timings, started, resul
     timings["total"] = round(time.perf_counter() - started, 3)
     timings["calibration_seconds"] = round(timings["calibration_images"] + timings["histograms"] + chosen.seconds, 3)
     return CalibrationReport(
-        bundle=str(request.bundle), model_file=INT8_FILE if met is not False else None,
+        bundle=str(request.shown or request.bundle), model_file=INT8_FILE if met is not False else None,
         method_requested=request.method, method=chosen.method, num_images=len(calib), seed=request.seed,
         random=calib.random, cache_key=calib.cache_key, cache_hit=calib.cache_hit,
         fp32=evaluation.fp32_accuracy if evaluation else None, int8=int8_acc, max_drop=request.budget.max_drop,

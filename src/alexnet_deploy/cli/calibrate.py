@@ -49,7 +49,6 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
 
     from alexnet_deploy.calibration import BudgetNotMet, calibrate_bundle
     from alexnet_deploy.cli.progress import progress_renderer
-    from alexnet_deploy.deploy.files import bundle_lock
 
     _check_outputs(bundle, report_file)
     console = Console(stderr=True)
@@ -57,7 +56,7 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
         console.print("[bold red]WARNING: random calibration. The int8 model's accuracy is meaningless; it is "
                       "stamped random in the manifest and in bench output. Use it for latency only.[/]")
     try:
-        with bundle_lock(bundle, "BUNDLE"), progress_renderer() as progress:
+        with progress_renderer() as progress:
             report = calibrate_bundle(bundle, calib_dir=calib_dir, num_images=num_images, method=method,
                                       batch_size=batch_size, max_drop=max_drop, val_dir=val_dir, seed=seed,
                                       allow_random=allow_random_calibration, progress=progress, num_val=num_val,
@@ -71,14 +70,16 @@ def calibrate(bundle: Path, calib_dir: Path | None, num_images: int, method: str
 
 def _check_outputs(bundle: Path, report_file: Path | None) -> None:
     """Before any work: the bundle must be a bundle in a writable directory (model.int8.onnx and
-    manifest.json go there) and --report writable, so a failure cannot come after the int8 model
-    was written and leave the bundle half-updated."""
+    manifest.json go there) and --report writable and outside the bundle, so that a failure comes
+    before the slow part."""
     from alexnet_deploy.deploy.bundle import read_manifest
+    from alexnet_deploy.deploy.bundle.paths import refuse_inside
     from alexnet_deploy.deploy.files import check_writable
 
     read_manifest(bundle)
     check_writable(bundle, "BUNDLE", directory=True)
     if report_file is not None:
+        refuse_inside(report_file, bundle, "--report")
         check_writable(report_file, "--report")
 
 

@@ -81,10 +81,12 @@ def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, .
     import json
 
     from alexnet_deploy.cli.progress import progress_renderer
+    from alexnet_deploy.deploy.bundle.paths import refuse_inside
     from alexnet_deploy.deploy.files import atomic_write_text, check_writable
     from alexnet_deploy.deploy.verify import verify_bundle
 
     if json_out:
+        refuse_inside(json_out, bundle, "--json")
         check_writable(json_out, "--json")
     with progress_renderer() as progress:
         report = verify_bundle(bundle, backends=backends or ("auto",), precisions=precisions or None,
@@ -129,9 +131,11 @@ def _print_report(console, report) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def pack_cmd(bundle: Path, out: Path, with_engines: bool, overwrite: bool) -> None:
     """Check BUNDLE and write it as one archive to copy to a device."""
+    from alexnet_deploy.deploy.bundle.archive import pack_bundle
+    from alexnet_deploy.deploy.bundle.paths import refuse_inside
     from alexnet_deploy.deploy.files import check_writable
-    from alexnet_deploy.deploy.pack import pack_bundle
 
+    refuse_inside(out, bundle, "-o")
     check_writable(out, "-o")
     result = pack_bundle(bundle, out, include_engines=with_engines, overwrite=overwrite)
     click.echo(f"packed {len(result.files)} files into {result.path} ({result.bytes / 1e6:.1f} MB, "
@@ -146,7 +150,7 @@ def pack_cmd(bundle: Path, out: Path, with_engines: bool, overwrite: bool) -> No
               help="Refuse archives whose contents add up to more than this.")
 def unpack_cmd(archive: Path, dest: Path, overwrite: bool, max_gib: float) -> None:
     """Safely extract a packed bundle ARCHIVE into DEST and check every file's sha256."""
-    from alexnet_deploy.deploy.pack import unpack_bundle
+    from alexnet_deploy.deploy.bundle.archive import unpack_bundle
 
     import os
 
@@ -171,6 +175,9 @@ def export_triton_cmd(bundle: Path, out: Path, backend: str, precision: str, max
     """Write a Triton Inference Server model repository entry for BUNDLE under OUT."""
     from alexnet_deploy.export.triton import export_triton
 
+    from alexnet_deploy.deploy.bundle.paths import refuse_inside
+
+    refuse_inside(out, bundle, "OUT")
     result = export_triton(bundle, out, backend=backend, precision=precision, max_batch=max_batch,
                            model_name=model_name)
     click.echo(f"wrote {result.model_dir} ({result.platform}, max_batch_size {result.max_batch_size}); serve with "

@@ -107,9 +107,12 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
     from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy import bench as lib
     from alexnet_deploy.deploy.bench_report import write_csv, write_json, write_plots
+    from alexnet_deploy.deploy.bundle.paths import refuse_inside
     from alexnet_deploy.deploy.files import check_writable
 
     # Checked before the run: a bench can take minutes, and its results must not be lost at the end.
+    for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_dir, "--plot")):
+        refuse_inside(path, bundle, flag)
     for path, flag in ((json_path, "--json"), (csv_path, "--csv")):
         if path:
             check_writable(path, flag)

@@ -158,7 +158,7 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 
 def _is_bundle(source: str) -> bool:
-    from alexnet_deploy.deploy.pack import ARCHIVE_SUFFIXES
+    from alexnet_deploy.deploy.bundle.archive import ARCHIVE_SUFFIXES
 
     return os.path.isdir(source) or source.lower().endswith(ARCHIVE_SUFFIXES)
 

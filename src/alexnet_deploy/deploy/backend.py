@@ -252,7 +252,7 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
     if not path.exists():
         raise AlexNetDeployError(f"{bundle}: no such bundle directory, packed bundle or checkpoint file")
     if path.is_file():
-        from alexnet_deploy.deploy.pack import is_archive, open_bundle
+        from alexnet_deploy.deploy.bundle.archive import is_archive, open_bundle
 
         if not is_archive(path):
             return _load_checkpoint(path, backend, precision, options)

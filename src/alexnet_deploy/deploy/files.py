@@ -1,5 +1,4 @@
-"""Atomic writes, checksums and the bundle write lock: nothing is left half-written if a run is
-killed, and two writers never mix their files in one bundle."""
+"""Atomic writes, checksums and output checks: nothing is left half-written if a run is killed."""
 
 from __future__ import annotations
 
@@ -13,10 +12,6 @@ from typing import Iterator
 
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
-# Hidden and never listed in the manifest; removed again when the writer is done.
-LOCK_NAME = ".alexnet-deploy.lock"
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -29,7 +24,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            if exc.filename is None:   # a failed write() names no file: name the one being written
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
         # mkstemp creates 0600; give the file the permissions a plain open() would, so a
         # bundle copied to a device or served from a container stays readable by others.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
@@ -57,51 +57,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def bundle_lock(directory: str | os.PathLike, flag: str) -> Iterator[Path]:
-    """Hold an exclusive lock on ``directory`` for as long as this process writes into it.
-
-    A second writer is refused at once (naming the holder's pid) rather than queued: it would
-    otherwise overwrite the first one's files after they were hashed. The kernel releases the lock
-    when the process dies, so a killed run never leaves a stale lock."""
-    path = Path(directory) / LOCK_NAME
-    fd = _locked_fd(path, directory, flag)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-    finally:
-        # Unlink before closing: a process that opened this file meanwhile sees a different inode
-        # at the path once it gets the lock, and starts over (see _locked_fd).
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def _locked_fd(path: Path, directory: str | os.PathLike, flag: str) -> int:
-    import fcntl
-
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise BundleError(f"{flag} {directory}: another alexnet-deploy process (pid {holder}) is writing this "
-                              f"bundle; wait for it to finish or choose another {flag}") from None
-        try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)   # the holder removed this file as we locked it: lock the current one instead
 
 
 def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = False) -> Path:

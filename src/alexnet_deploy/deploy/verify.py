@@ -294,7 +294,7 @@ def _artifact_checks(bundle: Path, manifest: Manifest) -> list[Check]:
 
 
 def _open(source: Path) -> tuple[Path | None, Check | None]:
-    from alexnet_deploy.deploy.pack import is_archive, open_bundle
+    from alexnet_deploy.deploy.bundle.archive import is_archive, open_bundle
 
     if not is_archive(source):
         return source, None

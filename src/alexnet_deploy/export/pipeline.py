@@ -1,12 +1,11 @@
 """Checkpoint -> verified bundle: fp32 ONNX (+ fp16 ONNX, INT8, reference.npz, manifest.json, engines).
 
-The steps, in order, under a lock on the bundle directory: load the checkpoint; pick verification
-images (--verify-data, else --calib, else generated); run PyTorch on them; export and verify the
-fp32 ONNX (export/onnx.py); convert and verify fp16 (export/fp16.py); write reference.npz and the
-manifest; calibrate INT8 (the calibration package); build TensorRT engines where TensorRT and a GPU
-are present, else record why not and the command that builds them on the device. A failed step
-leaves no half-written bundle: an earlier bundle's files are only forgotten once the new export
-has succeeded in memory.
+The steps, in order, in one bundle transaction (deploy/bundle/transaction.py): load the checkpoint;
+pick verification images (--verify-data, else --calib, else generated); run PyTorch on them; export
+and verify the fp32 ONNX (export/onnx.py); convert and verify fp16 (export/fp16.py); write
+reference.npz and the manifest; calibrate INT8 (the calibration package); build TensorRT engines
+where TensorRT and a GPU are present, else record why not and the command that builds them on the
+device. Everything is written beside the old bundle, which is replaced only when all of it passed.
 """
 
 from __future__ import annotations
@@ -15,25 +14,24 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.calibration import calibrate_bundle
+from alexnet_deploy.calibration import calibrate_staged
 from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS
-from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, TensorSpec, make_artifact, read_manifest,
-                                          safe_path, write_manifest)
-from alexnet_deploy.deploy.files import LOCK_NAME, atomic_path, bundle_lock, make_writable_dir
+from alexnet_deploy.deploy.bundle import (Manifest, Staging, TensorSpec, make_artifact, read_manifest, transaction,
+                                          write_manifest)
+from alexnet_deploy.deploy.files import atomic_path
 from alexnet_deploy.deploy.onnxrt import cpu_logits
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, note
 from alexnet_deploy.deploy.system import package_versions
 from alexnet_deploy.deploy.trt.builder import tensorrt_available
-from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines
+from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines_staged
 from alexnet_deploy.deploy.verify import REFERENCE_FILE
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
 from alexnet_deploy.export import fp16
@@ -122,24 +120,24 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, config:
 
 
 def run_export(checkpoint: Path, out: Path, cfg: ExportConfig, progress: ProgressCallback | None = None) -> Manifest:
-    """export_bundle with an ExportConfig. The bundle directory is locked for the whole run, so a
-    second export (or calibrate) into it is refused instead of mixing two models under one manifest."""
+    """export_bundle with an ExportConfig, as one transaction: the new bundle is written beside
+    ``out`` and swapped in only when complete and verified, so an earlier bundle stays usable until
+    then and an interrupted export leaves it (or nothing) behind. Files the old manifest did not list
+    (a user's own) are kept; the old model's artifacts are not. A folder that is not a bundle is
+    refused, and so is a second export or calibrate into the same bundle while this one runs."""
     cfg.validate()
-    created = not out.exists()
-    out = prepare_out_dir(out)  # fail early on an unusable --out, but delete nothing yet
-    with bundle_lock(out, "--out"):
-        try:
-            return _export_locked(checkpoint, out, cfg, progress)
-        except BaseException:
-            # A directory this run made and never finished (no manifest) is only debris.
-            if created and not (out / MANIFEST_NAME).exists():
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    with transaction(out, "--out", keep="unlisted", create=True) as staging:
+        manifest, engines_failed = _export_into(checkpoint, staging, cfg, progress)
+    if engines_failed is not None:   # raised after the commit: the ONNX bundle itself is complete
+        raise engines_failed
+    return manifest
 
 
-def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
+def _export_into(checkpoint: Path, staging: Staging, cfg: ExportConfig,
+                 progress: ProgressCallback | None) -> tuple[Manifest, ExportError | None]:
     from alexnet_deploy.alexnet.checkpoint import load_checkpoint
 
+    out = staging.path
     note(progress, "export", "loading checkpoint")
     ckpt = load_checkpoint(checkpoint, arch=cfg.arch, num_classes=cfg.num_classes)
     spec = input_spec(ckpt.preprocess, cfg.image_size)
@@ -149,7 +147,6 @@ def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, progress: Pro
     note(progress, "export", f"exporting fp32 ONNX (opset {cfg.opset}, LRN {cfg.lrn})")
     fp32 = export_onnx(ckpt.model, spec.crop, cfg.onnx, vset.inputs, torch_logits,
                        metadata=onnx_metadata(ckpt.classes, spec, ckpt.arch, cfg.lrn))
-    forget_old_bundle(out)
     _save_onnx(fp32.model, out / MODEL_FILE)
     results = {"fp32": fp32}
     if cfg.fp16:
@@ -159,38 +156,8 @@ def _export_locked(checkpoint: Path, out: Path, cfg: ExportConfig, progress: Pro
     manifest = build_manifest(out, ckpt, spec, cfg, vset, results)
     write_manifest(out, manifest)
     if cfg.int8:
-        manifest = _run_int8(out, cfg, progress)
-    return _engines(out, manifest, cfg, progress)
-
-
-def prepare_out_dir(out: Path) -> Path:
-    """Create (or reuse) the bundle directory; refuse a non-empty folder that is not a bundle.
-    Nothing in an earlier bundle is touched (see forget_old_bundle)."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportError(f"--out {out}: directory is not empty and holds no bundle; choose a new or empty "
-                          "directory (export only overwrites an earlier bundle)")
-    return make_writable_dir(out, "--out")
-
-
-def forget_old_bundle(out: Path) -> None:
-    """Delete an earlier bundle's manifest and listed files, once the new export has succeeded in
-    memory: a re-export killed half-way must not look like a valid bundle, and files built from the
-    old weights (int8 model, engines) must not outlive it."""
-    if not (out / MANIFEST_NAME).is_file():
-        return
-    try:
-        old = read_manifest(out)
-        stale = [safe_path(out, a.file) for a in old.artifacts]
-    except AlexNetDeployError as exc:
-        log.warning("%s: ignoring the old manifest (%s)", out, exc)
-        stale = []
-    (out / MANIFEST_NAME).unlink()
-    for path in stale:
-        path.unlink(missing_ok=True)
-        for sidecar in (path.with_suffix(".json"),) if path.suffix == ".plan" else ():
-            sidecar.unlink(missing_ok=True)
+        manifest = _run_int8(staging, cfg, progress)
+    return _engines(staging, manifest, cfg, progress)
 
 
 def input_spec(spec: PreprocessSpec, image_size: int | None) -> PreprocessSpec:
@@ -277,14 +244,14 @@ def build_manifest(out: Path, ckpt, spec: PreprocessSpec, cfg: ExportConfig, vse
                     parity=parity_report, export=export_info)
 
 
-def _run_int8(out: Path, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
-    """INT8 is the calibration package's job; export only hands it the bundle it just wrote."""
+def _run_int8(staging: Staging, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
+    """INT8 is the calibration package's job; export only hands it the bundle it is writing."""
     note(progress, "export", f"calibrating INT8 on {cfg.calib_dir}")
     # Held-out images for the int8 accuracy: --verify-data when given, else the part of --calib
     # not used for calibration.
-    calibrate_bundle(out, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
+    calibrate_staged(staging, calib_dir=cfg.calib_dir, val_dir=cfg.verify_data, weight_bits=cfg.weight_bits,
                      progress=progress)
-    return read_manifest(out)
+    return read_manifest(staging.path)
 
 
 def build_engine_command(out: Path, manifest: Manifest) -> str:
@@ -293,9 +260,12 @@ def build_engine_command(out: Path, manifest: Manifest) -> str:
     return f"alexnet-deploy build-engine {out}{flags}"
 
 
-def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, progress: ProgressCallback | None) -> Manifest:
-    """Build TensorRT engines here when possible; otherwise record why not and what to run."""
-    command = build_engine_command(out, manifest)
+def _engines(staging: Staging, manifest: Manifest, cfg: ExportConfig,
+             progress: ProgressCallback | None) -> tuple[Manifest, ExportError | None]:
+    """Build TensorRT engines here when possible; otherwise record why not and what to run. A failed
+    build is returned, not raised, so the complete ONNX bundle is still committed."""
+    out = staging.path
+    command = build_engine_command(staging.dest, manifest)
     failure = None
     if not cfg.engines:
         status = {"status": "disabled", "reason": "--no-engine", "command": command}
@@ -303,27 +273,30 @@ def _engines(out: Path, manifest: Manifest, cfg: ExportConfig, progress: Progres
         available, reason = tensorrt_available()
         status = {"status": "skipped", "reason": reason, "command": command}
         if available:
-            manifest, status, failure = _build_engines(out, manifest, cfg, progress, command)
+            manifest, status, failure = _build_engines(staging, manifest, cfg, progress, command)
     manifest = manifest.replace(export={**manifest.export, "engines": status})
     write_manifest(out, manifest)
-    if failure is not None:
-        raise ExportError(f"the ONNX bundle {out} is complete and verified, but building its TensorRT "
-                          f"engines failed: {failure}; fix that and run `{command}`") from failure
-    return manifest
+    if failure is None:
+        return manifest, None
+    error = ExportError(f"the ONNX bundle {staging.dest} is complete and verified, but building its TensorRT "
+                        f"engines failed: {failure}; fix that and run `{command}`")
+    error.__cause__ = failure
+    return manifest, error
 
 
-def _build_engines(out: Path, manifest: Manifest, cfg: ExportConfig, progress: ProgressCallback | None,
+def _build_engines(staging: Staging, manifest: Manifest, cfg: ExportConfig, progress: ProgressCallback | None,
                    command: str):
     """Build through build-engine's own path (deploy/trt/engines.py): one cache record format, a child
     process per build and the out-of-memory retry, so a later `build-engine` on this GPU reuses these."""
+    out = staging.path
     precisions = [p for p in NAMES if manifest.artifact(p) is not None]
     try:
-        results = build_engines(out, precisions, BuildOptions(max_batch=cfg.max_batch), progress=progress)
+        results = build_engines_staged(staging, precisions, BuildOptions(max_batch=cfg.max_batch), progress=progress)
     except AlexNetDeployError as exc:
         return read_manifest(out), {"status": "failed", "reason": str(exc), "command": command}, exc
-    built = [result.path.relative_to(out).as_posix() for result in results]
+    built = [result.path.relative_to(staging.dest).as_posix() for result in results]
     return read_manifest(out), {"status": "built", "engines": built}, None
 
 
 __all__ = ["ExportConfig", "export_bundle", "run_export", "input_spec", "verification_set", "build_manifest",
-           "build_engine_command", "prepare_out_dir"]
+           "build_engine_command"]

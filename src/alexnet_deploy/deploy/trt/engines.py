@@ -15,6 +15,7 @@ version, GPU, free memory) also runs in a child, so this process never loads Ten
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, read_manifest, verify_artifact, write_manifest
+from alexnet_deploy.deploy.bundle import (Artifact, Manifest, Staging, make_artifact, read_manifest, transaction,
+                                          verify_artifact, write_manifest)
 from alexnet_deploy.deploy.progress import Progress, ProgressCallback
 from alexnet_deploy.deploy.trt.child import (INSTALL_HINT, UNAVAILABLE_EXIT_CODE, DeviceInfo, is_oom, probe_device,
                                              run_child)
@@ -209,32 +211,6 @@ def _attempt_build(bundle: Path, key: EngineKey, attempt: Attempt, opts: BuildOp
 
 # --------------------------------------------------------------------------- the cache, end to end
 
-class _BundleLock:
-    """An exclusive lock on BUNDLE/engines/.lock so two build-engine runs don't interleave
-    manifest writes (the second waits, then finds the first one's engine in the cache)."""
-
-    def __init__(self, bundle: Path) -> None:
-        self.path = bundle / "engines" / ".lock"
-
-    def __enter__(self) -> "_BundleLock":
-        import fcntl
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.path, "a+")
-        except OSError as exc:
-            raise BundleError(f"{self.path.parent}: cannot write engines into the bundle ({exc}); "
-                              "unpack or copy it to a writable directory") from exc
-        fcntl.flock(self.fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import fcntl
-
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
 def _sidecar_facts(bundle: Path, sidecar: str | None) -> dict:
     """The engine's facts for its manifest entry, read from its JSON sidecar."""
     if not sidecar or not (bundle / sidecar).is_file():
@@ -275,9 +251,11 @@ def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions 
                   progress: ProgressCallback | None = None) -> EngineResult:
     """Reuse the cached engine for ``precision`` or build it (in a child, retrying on OOM).
 
-    ``progress`` gets a note per event (logged at info level without one): its stage names the
-    engine (``fp16 engine``), its message starts with what happened: ``cached``, ``stale``,
-    ``attempt``, ``progress`` (from the build), ``oom``, ``built`` or ``failed``."""
+    A build is one bundle transaction: the plan and its manifest entry are written beside the bundle
+    and swapped in together; a second build of the same bundle waits for the first, then finds its
+    engine in the cache. ``progress`` gets a note per event (logged at info level without one): its
+    stage names the engine (``fp16 engine``), its message starts with what happened: ``cached``,
+    ``stale``, ``attempt``, ``progress`` (from the build), ``oom``, ``built`` or ``failed``."""
     bundle = Path(bundle)
     progress = progress or _log_note
     manifest = read_manifest(bundle)
@@ -286,14 +264,30 @@ def ensure_engine(bundle: str | os.PathLike, precision: str, opts: BuildOptions 
                      version_compatible=opts.version_compatible)
     # A tampered source is refused here, by name, before any cache decision or build.
     verify_artifact(bundle, next(a for a in manifest.artifacts if a.file == key.onnx_file))
-    with _BundleLock(bundle):
-        manifest = read_manifest(bundle)
-        cached, reason = (None, "--force") if opts.force else find_cached(bundle, manifest, key)
+    if not opts.force:   # a cache hit changes nothing: no transaction needed
+        cached, _ = find_cached(bundle, manifest, key)
         if cached is not None:
             _note(progress, precision, "cached", f"reusing {cached.file} (key {key.digest()})")
             return EngineResult(precision, bundle / cached.file, True, key, reason="cache hit")
-        _note(progress, precision, "stale", f"building: {reason}")
-        return _build_with_retries(bundle, key, device, opts, progress, reason)
+    with transaction(bundle, "BUNDLE", wait=True) as staging:
+        return ensure_engine_staged(staging, precision, opts, device=device, progress=progress)
+
+
+def ensure_engine_staged(staging: Staging, precision: str, opts: BuildOptions, *, device: DeviceInfo,
+                         progress: ProgressCallback | None = None) -> EngineResult:
+    """``ensure_engine`` inside a transaction the caller holds: builds into ``staging.path``; the
+    result's path names the file where it will be once committed."""
+    progress = progress or _log_note
+    manifest = read_manifest(staging.path)   # under the lock: another build may have added this engine
+    key = engine_key(manifest, precision, device, max_batch=opts.max_batch, dla_core=opts.dla_core,
+                     version_compatible=opts.version_compatible)
+    cached, reason = (None, "--force") if opts.force else find_cached(staging.path, manifest, key)
+    if cached is not None:
+        _note(progress, precision, "cached", f"reusing {cached.file} (key {key.digest()})")
+        return EngineResult(precision, staging.dest / cached.file, True, key, reason="cache hit")
+    _note(progress, precision, "stale", f"building: {reason}")
+    result = _build_with_retries(staging.path, key, device, opts, progress, reason)
+    return dataclasses.replace(result, path=staging.dest / result.path.relative_to(staging.path))
 
 
 def _build_with_retries(bundle: Path, key: EngineKey, device: DeviceInfo, opts: BuildOptions,
@@ -325,15 +319,28 @@ def _build_with_retries(bundle: Path, key: EngineKey, device: DeviceInfo, opts: 
 
 def build_engines(bundle: str | os.PathLike, precisions: Sequence[str], opts: BuildOptions = BuildOptions(), *,
                   progress: ProgressCallback | None = None) -> list[EngineResult]:
-    """``ensure_engine`` for each precision, probing the device once (a ``probe`` note, stage
-    ``TensorRT``, says what was found)."""
+    """``ensure_engine`` for each precision (one transaction each), probing the device once (a
+    ``probe`` note, stage ``TensorRT``, says what was found)."""
+    device = _probe(bundle, precisions, opts, progress)
+    return [ensure_engine(bundle, p, opts, device=device, progress=progress) for p in precisions]
+
+
+def build_engines_staged(staging: Staging, precisions: Sequence[str], opts: BuildOptions = BuildOptions(), *,
+                         progress: ProgressCallback | None = None) -> list[EngineResult]:
+    """``build_engines`` inside a transaction the caller holds (export)."""
+    device = _probe(staging.path, precisions, opts, progress)
+    return [ensure_engine_staged(staging, p, opts, device=device, progress=progress) for p in precisions]
+
+
+def _probe(bundle: str | os.PathLike, precisions: Sequence[str], opts: BuildOptions,
+           progress: ProgressCallback | None) -> DeviceInfo:
     if not precisions:
         raise ExportError("no precision chosen; pass --fp32, --fp16 and/or --int8")
     device = probe_device(opts.env, bundle)
     if progress:
         _note(progress, "", "probe", f"TensorRT {device.trt_version} on {device.gpu_name} "
               f"(sm {device.compute_capability}, {device.free_bytes >> 20} MiB free)")
-    return [ensure_engine(bundle, p, opts, device=device, progress=progress) for p in precisions]
+    return device
 
 
 def _note(progress: ProgressCallback, precision: str, kind: str, text: str) -> None:

@@ -1,4 +1,4 @@
-"""The bundle: a directory whose only index is ``manifest.json``.
+"""The bundle's index, ``manifest.json``: what a directory must hold to be a bundle.
 
 Every artifact is listed with a relative path, its kind, precision, sha256 and size. Paths that
 leave the bundle are refused, and so is a file whose sha256 does not match its entry. No pickle
@@ -22,6 +22,9 @@ from alexnet_deploy.errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Written into every manifest so that a directory is recognised as a bundle by what its manifest
+# says, not by the file name: a web project's manifest.json is never mistaken for one.
+FORMAT_MARKER = "alexnet-deploy-bundle"
 # A real manifest is a few kB; anything near this is not one (and is not worth parsing).
 MAX_MANIFEST_BYTES = 16 << 20
 ARTIFACT_KINDS = ("onnx", "trt-plan", "npz")
@@ -59,13 +62,21 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Artifact":
+        if not isinstance(data, dict):
+            raise BundleError(f"artifact entry {str(data)[:60]!r}: expected an object with file, kind, precision, "
+                              "sha256 and bytes")
         kind, precision = data.get("kind"), data.get("precision")
         if kind not in ARTIFACT_KINDS:
             raise BundleError(f"artifact {data.get('file')!r}: unknown kind {kind!r}; expected one of {ARTIFACT_KINDS}")
         if precision not in NAMES:
             raise BundleError(f"artifact {data.get('file')!r}: unknown precision {precision!r}; expected one of {NAMES}")
-        return cls(file=str(data["file"]), kind=kind, precision=precision, sha256=str(data["sha256"]),
-                   bytes=int(data["bytes"]), built_with=dict(data.get("built_with") or {}))
+        artifact = cls(file=str(data["file"]), kind=kind, precision=precision, sha256=str(data["sha256"]),
+                       bytes=int(data["bytes"]), built_with=dict(data.get("built_with") or {}))
+        if len(artifact.sha256) != 64 or any(c not in "0123456789abcdef" for c in artifact.sha256):
+            raise BundleError(f"artifact {artifact.file!r}: sha256 {artifact.sha256[:70]!r} is not 64 hex digits")
+        if artifact.bytes < 0:
+            raise BundleError(f"artifact {artifact.file!r}: bytes {artifact.bytes} is negative")
+        return artifact
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         return {
-            "schema": self.schema, "arch": self.arch, "classes": list(self.classes),
+            "format": FORMAT_MARKER, "schema": self.schema, "arch": self.arch, "classes": list(self.classes),
             "input": self.input.to_dict(), "output": self.output.to_dict(),
             "preprocess": self.preprocess.to_dict(), "max_batch": self.max_batch,
             "artifacts": [a.to_dict() for a in self.artifacts], "provenance": self.provenance,
@@ -108,6 +119,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":
+        if data.get("format", FORMAT_MARKER) != FORMAT_MARKER:
+            raise BundleError(f"manifest.json is a {str(data.get('format'))[:40]!r} manifest, not an alexnet-deploy "
+                              "bundle's")
         schema = data.get("schema")
         if schema != SCHEMA_VERSION:
             raise BundleError(f"manifest schema {schema!r} is not supported; this alexnet-deploy reads schema "
@@ -118,11 +132,11 @@ class Manifest:
                 input=TensorSpec.from_dict(data["input"]), output=TensorSpec.from_dict(data["output"]),
                 preprocess=PreprocessSpec.from_dict(data["preprocess"]), arch=str(data.get("arch", "alexnet2012")),
                 max_batch=int(data.get("max_batch", 32)),
-                artifacts=tuple(Artifact.from_dict(a) for a in data.get("artifacts", [])),
+                artifacts=tuple(Artifact.from_dict(a) for a in _artifact_list(data)),
                 provenance=dict(data.get("provenance") or {}), parity=dict(data.get("parity") or {}),
                 export=dict(data.get("export") or {}), calibration=dict(data.get("calibration") or {}),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"manifest.json is malformed: {exc.__class__.__name__}: {exc}") from exc
         problem = manifest.problem()
         if problem:
@@ -140,6 +154,13 @@ class Manifest:
         if list(self.output.shape[1:]) != [len(self.classes)]:
             return f"output shape {list(self.output.shape)} does not fit the {len(self.classes)} classes"
         return None
+
+
+def _artifact_list(data: dict) -> list:
+    artifacts = data.get("artifacts")
+    if not isinstance(artifacts, list):
+        raise BundleError(f"manifest.json: 'artifacts' must be a list of artifact objects, got {type(artifacts).__name__}")
+    return artifacts
 
 
 def safe_path(bundle: str | os.PathLike, relative: str) -> Path:
@@ -175,14 +196,36 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
 
 
 def parse_manifest_json(where: str | os.PathLike, raw: bytes) -> Any:
-    """json.loads with every failure (bad UTF-8, bad JSON, nesting deep enough to exhaust the
-    parser's recursion) turned into a BundleError naming ``where``."""
+    """Strict json.loads: every failure (bad UTF-8, bad JSON, NaN/Infinity, an integer too long to
+    convert, nesting deep enough to exhaust the parser's recursion) becomes a BundleError naming ``where``."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int)
+    except (UnicodeDecodeError, ValueError) as exc:   # JSONDecodeError is a ValueError
         raise BundleError(f"{where}: not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise BundleError(f"{where}: JSON nested too deeply to be a manifest") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    # No count, size or version in a manifest needs more than 20 digits; Python would otherwise
+    # spend quadratic time converting a huge literal (and refuses past 4,300 digits anyway).
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def is_bundle(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a manifest that reads as an alexnet-deploy bundle's: the only
+    kind of folder that export, calibrate, build-engine and unpack may replace."""
+    try:
+        read_manifest(directory)
+    except BundleError:
+        return False
+    return True
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:
