@@ -95,7 +95,7 @@ def test_non_bundle_directory_is_not_overwritten(tmp_path: Path, torchvision_sta
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"precious")
     result = run("export", str(torchvision_state_dict), "--out", str(out))
-    assert result.exit_code == 1 and "not empty and holds no bundle" in one_error_line(result)
+    assert result.exit_code == 1 and "is not a bundle" in one_error_line(result)
     assert (out / "holiday.jpg").read_bytes() == b"precious"
 
 

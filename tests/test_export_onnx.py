@@ -228,9 +228,8 @@ def test_parity_on_real_cifar_images(trained: dict, cifar_dir: Path, tmp_path: P
         assert "labels" not in ref.files and len({f.split("/")[0] for f in ref["files"]}) == 10
 
 
-def test_reexport_forgets_the_old_bundle_only_when_asked(tmp_path: Path) -> None:
-    from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, write_manifest
-    from alexnet_deploy.export.pipeline import forget_old_bundle, prepare_out_dir
+def test_reexport_starts_from_the_old_bundles_unlisted_files_only(tmp_path: Path) -> None:
+    from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, transaction, write_manifest
 
     out = tmp_path / "bundle"
     (out / "engines").mkdir(parents=True)
@@ -243,6 +242,10 @@ def test_reexport_forgets_the_old_bundle_only_when_asked(tmp_path: Path) -> None
                                  artifacts=(make_artifact(out, "model.int8.onnx", "onnx", "int8"),
                                             make_artifact(out, "engines/int8-sm87-trt10.3.0.plan", "trt-plan",
                                                           "int8"))))
-    assert prepare_out_dir(out) == out and (out / "manifest.json").is_file(), "checking --out deletes nothing"
-    forget_old_bundle(out)
-    assert sorted(p.name for p in out.rglob("*")) == ["engines", "notes.txt"]
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(RuntimeError, match="killed"):
+        with transaction(out, "--out", keep="unlisted", create=True) as staging:
+            # What a re-export starts from: the user's files, none of the old model's artifacts.
+            assert sorted(p.name for p in staging.path.rglob("*")) == ["engines", "notes.txt"]
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in out.rglob("*")) == before, "an aborted re-export leaves the old bundle whole"

@@ -172,15 +172,15 @@ def test_open_bundle_caches_by_archive_digest(bundle: Path, tmp_path: Path) -> N
     assert open_bundle(archive, cache_dir=cache) == first
     assert first.parent == cache and (first / "model.onnx").is_file()
     (first / "model.onnx").write_bytes(b"edited in the cache")
-    with pytest.raises(BundleError, match="model.onnx"):
-        open_bundle(archive, cache_dir=cache)
+    assert open_bundle(archive, cache_dir=cache) == first, "a corrupted cache entry is extracted again"
+    assert verify_artifacts(first)
     assert open_bundle(bundle) == bundle
 
 
 def test_not_an_archive(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip at all")
-    with pytest.raises(BundleError, match="junk.tar.gz: not a readable bundle archive"):
+    with pytest.raises(BundleError, match="junk.tar.gz: (not a readable bundle archive|the archive ends)"):
         unpack_bundle(junk, tmp_path / "out")
     with pytest.raises(BundleError, match="not found"):
         unpack_bundle(tmp_path / "missing.tar.gz", tmp_path / "out")

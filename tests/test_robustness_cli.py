@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_deploy.deploy.files import bundle_lock
+from alexnet_deploy.deploy.bundle import bundle_lock
 from device_helpers import tiny_bundle
 from robustness_helpers import one_error_line, read_only_dir, run_cli
 

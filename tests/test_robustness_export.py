@@ -1,5 +1,4 @@
-"""Two exports to one --out cannot mix their models: the bundle directory is locked for the whole
-export, so the second writer is refused (naming the holder) and the manifest hashes exactly what the
+"""Two exports to one --out cannot mix their models: the bundle is locked for the whole export, so the second writer is refused (naming the holder) and the manifest hashes exactly what the
 first one wrote. Real processes, real checkpoints, a real export.
 """
 
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_deploy.deploy.files import LOCK_NAME, bundle_lock, sha256_file
+from alexnet_deploy.deploy.bundle import bundle_lock
+from alexnet_deploy.deploy.bundle.transaction import lock_path
+from alexnet_deploy.deploy.files import sha256_file
 
 torch = pytest.importorskip("torch")
 
@@ -53,7 +54,7 @@ def test_export_into_a_locked_bundle_is_refused(tmp_path: Path) -> None:
 def _wait_for_lock(out: Path, pid: int, child: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lock = out / LOCK_NAME
+        lock = lock_path(out)
         if lock.is_file() and lock.read_text().strip() == str(pid):
             return
         assert child.poll() is None, child.communicate()

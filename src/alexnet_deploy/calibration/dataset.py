@@ -18,18 +18,19 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.files import atomic_write_bytes
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
-from alexnet_deploy.errors import CalibrationError, DataError
+from alexnet_deploy.errors import BundleError, CalibrationError, DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE_MAX_GIB = 2.0
@@ -51,8 +52,10 @@ def cache_budget_bytes() -> int:
     try:
         gib = float(raw)
     except ValueError:
-        raise CalibrationError(f"ALEXNET_DEPLOY_CACHE_MAX_GIB={raw!r}: expected a number of GiB") from None
-    return int(max(gib, 0.0) * 1024**3)
+        gib = float("nan")
+    if not math.isfinite(gib) or gib < 0:
+        raise CalibrationError(f"ALEXNET_DEPLOY_CACHE_MAX_GIB={raw!r}: expected a number of GiB, 0 or more")
+    return int(gib * 1024**3)
 
 
 def prune_cache(cache_dir: str | os.PathLike, keep: Path | None = None, budget: int | None = None) -> list[Path]:
@@ -214,14 +217,14 @@ def _write_cache(path: Path, key: str, crops: np.ndarray, labels: np.ndarray, fi
 def _read_cache(path: Path, root: Path, classes: Sequence[str], key: str,
                 spec: PreprocessSpec) -> CalibrationSet | None:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["key"]) != key:
-                return None
-            return CalibrationSet(images=normalize(npz["crops"], spec), labels=npz["labels"].astype(np.int64),
-                                  files=tuple(str(f) for f in npz["files"]), classes=tuple(classes), root=str(root),
-                                  cache_key=key, cache_hit=True, cache_path=str(path),
-                                  skipped=tuple(str(f) for f in npz["skipped"]))
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        npz = load_npz(path)
+        if str(npz["key"]) != key:
+            return None
+        return CalibrationSet(images=normalize(npz["crops"], spec), labels=npz["labels"].astype(np.int64),
+                              files=tuple(str(f) for f in npz["files"]), classes=tuple(classes), root=str(root),
+                              cache_key=key, cache_hit=True, cache_path=str(path),
+                              skipped=tuple(str(f) for f in npz["skipped"]))
+    except (BundleError, KeyError, ValueError) as exc:
         # A truncated, corrupt or foreign cache is not an error: it is rebuilt.
         log.warning("ignoring unreadable calibration cache %s (%s)", path, exc)
         return None

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, verify_artifact
+from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.files import atomic_path
 from alexnet_deploy.deploy.onnxrt import run_batches, semantic_session
 from alexnet_deploy.deploy.verify import INT8_REFERENCE_FILE, REFERENCE_FILE
+from alexnet_deploy.errors import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,10 @@ def int8_reference_logits(bundle: Path, manifest: Manifest, model: Path) -> np.n
     if reference is None:
         log.warning("%s has no %s: no int8 golden vectors written; re-export to get them", bundle, REFERENCE_FILE)
         return None
-    with np.load(verify_artifact(bundle, reference), allow_pickle=False) as data:
-        inputs = data["inputs"].astype(np.float32)
+    data = load_npz(verify_artifact(bundle, reference))
+    if "inputs" not in data:
+        raise BundleError(f"{reference.file}: no 'inputs' array; re-export the bundle")
+    inputs = data["inputs"].astype(np.float32)
     return run_batches(semantic_session(model), inputs, batch_size=max(1, manifest.max_batch)).astype(np.float32)
 
 

@@ -10,6 +10,7 @@ runtime commands on a device) never import torch.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -31,6 +32,9 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except Terminated:
+            click.echo("Error: terminated (SIGTERM); nothing half-written was kept", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
@@ -55,8 +59,18 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what timeout, systemd, docker and Slurm send), raised like Ctrl-C so that every
+    cleanup path (bundle transactions, partial files, loggers) runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     cli(obj={})
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from alexnet_deploy.deploy.backend import Backend, backend_class, check_manifest_against_models, resolve_backend
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.precision import precision as precision_row
@@ -166,10 +167,13 @@ def load_reference_npz(bundle: Path, manifest: Manifest) -> EvalSet | None:
     if artifact is None:
         return None
     path = verify_artifact(bundle, artifact)
-    with np.load(path, allow_pickle=False) as npz:
-        if "inputs" not in npz or "logits" not in npz:
-            raise AlexNetDeployError(f"{path}: expected arrays 'inputs' and 'logits'")
-        inputs, logits = np.asarray(npz["inputs"], np.float32), np.asarray(npz["logits"], np.float32)
+    npz = load_npz(path)
+    if "inputs" not in npz or "logits" not in npz:
+        raise AlexNetDeployError(f"{path}: expected arrays 'inputs' and 'logits'")
+    inputs, logits = np.asarray(npz["inputs"], np.float32), np.asarray(npz["logits"], np.float32)
+    if len(inputs) == 0 or len(inputs) != len(logits):
+        raise AlexNetDeployError(f"{path}: {len(inputs)} inputs and {len(logits)} logits; expected the same "
+                                 "number, at least one")
     return EvalSet(inputs, None, (), reference_logits=logits, source=artifact.file)
 
 

@@ -18,7 +18,7 @@ from alexnet_deploy.deploy.bundle import Manifest
 from alexnet_deploy.deploy.lazy import optional
 from alexnet_deploy.deploy.onnxrt import import_ort
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
-from alexnet_deploy.errors import BackendUnavailable
+from alexnet_deploy.errors import BackendUnavailable, BundleError
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,11 @@ def _entry(data: bytes) -> dict[int, str]:
     return fields
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else exc.__class__.__name__)[:300]
+
+
 def _model_io(path: Path) -> tuple:
     """(input name, input dims, output name, output dims) via onnxruntime or onnx, else Nones."""
     try:
@@ -93,6 +98,8 @@ def _model_io(path: Path) -> tuple:
         return i.name, tuple(i.shape[1:]), o.name, tuple(o.shape[1:])
     except BackendUnavailable:
         pass
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types are not importable by a stable name
+        raise BundleError(f"{path.name}: not a loadable ONNX model ({_first_line(exc)})") from exc
     onnx = optional("onnx")
     if onnx is None:
         return None, (), None, ()

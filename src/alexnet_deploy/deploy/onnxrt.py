@@ -4,11 +4,13 @@ run a model the same way (same providers, same graph optimizations, same quiet l
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from alexnet_deploy.deploy.lazy import require
+from alexnet_deploy.errors import BundleError
 
 
 def import_ort():
@@ -59,9 +61,21 @@ def session_options(threads: int | None = None, optimized_model_path: str | None
 def cpu_session(model: str | os.PathLike | bytes, threads: int | None = None,
                 providers: Sequence[str] = ("CPUExecutionProvider",)):
     """An InferenceSession on the given providers (CPU by default)."""
+    return load_session(model, session_options(threads), list(providers))
+
+
+def load_session(model: str | os.PathLike | bytes, options, providers: list[str]):
+    """ort.InferenceSession, with a model ORT cannot load (empty, not ONNX, a bad graph) reported as
+    one BundleError naming the file instead of ORT's own exception types."""
     ort = import_ort()
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=session_options(threads), providers=list(providers))
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT's exception types are not importable by a stable name
+        lines = str(exc).strip().splitlines()
+        where = "the in-memory model" if isinstance(model, bytes) else Path(model).name
+        raise BundleError(f"{where}: onnxruntime cannot load it ({lines[0][:300] if lines else type(exc).__name__}); "
+                          "re-export the bundle") from exc
 
 
 def run_batches(session, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -89,5 +103,4 @@ def semantic_session(model: str | os.PathLike | bytes):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    return load_session(model, options, ["CPUExecutionProvider"])

@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.compare import Threshold, compare_logits, cosine_rows
 from alexnet_deploy.deploy.cpu import CpuFeatures
 from alexnet_deploy.deploy.cpu import detect as detect_cpu
@@ -135,9 +136,9 @@ def load_int8_oracle(bundle: str | os.PathLike, manifest: Manifest, n_inputs: in
         return None
     path = verify_artifact(bundle, artifact)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            logits, sha = data["logits"].astype(np.float32), str(data["model_sha256"])
-    except (OSError, ValueError, KeyError) as exc:
+        data = load_npz(path)
+        logits, sha = data["logits"].astype(np.float32), str(data["model_sha256"])
+    except (BundleError, ValueError, KeyError) as exc:
         raise BundleError(f"{artifact.file}: not a readable int8 golden file ({exc}); re-run `alexnet-deploy "
                           "calibrate`") from exc
     if logits.shape != (n_inputs, len(manifest.classes)):
@@ -151,16 +152,13 @@ def load_reference(bundle: str | os.PathLike, manifest: Manifest) -> Reference:
     artifact = next((a for a in manifest.artifacts if a.kind == "npz" and Path(a.file).name == REFERENCE_FILE), None)
     if artifact is None:
         raise BundleError(f"{bundle}: the manifest lists no {REFERENCE_FILE}; re-export the bundle to get golden vectors")
-    path = verify_artifact(bundle, artifact)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{artifact.file}: not a readable npz without pickle ({exc})") from exc
+    arrays = load_npz(verify_artifact(bundle, artifact))
     for key in ("inputs", "logits"):
         if key not in arrays:
             raise BundleError(f"{artifact.file}: no {key!r} array (found {sorted(arrays)})")
     inputs, logits = arrays["inputs"].astype(np.float32), arrays["logits"].astype(np.float32)
+    if len(inputs) == 0:
+        raise BundleError(f"{artifact.file}: holds no golden inputs (0 rows); re-export the bundle")
     expected = tuple(manifest.input.shape[1:])
     if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
         raise BundleError(f"{artifact.file}: inputs have shape {inputs.shape}, the manifest input is (N, {expected})")

@@ -15,7 +15,7 @@ import numpy as np
 from alexnet_deploy.deploy.backend import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
 from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
-from alexnet_deploy.deploy.onnxrt import import_ort, session_options
+from alexnet_deploy.deploy.onnxrt import import_ort, load_session, session_options
 from alexnet_deploy.deploy.cuda import cuda_device_count
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
@@ -68,7 +68,7 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"this onnxruntime ({ort.__version__}) has no {wanted}; "
                                      "install onnxruntime-gpu for CUDA/TensorRT providers")
         if wanted == "CPUExecutionProvider":
-            return ort.InferenceSession(str(path), sess_options=session_options(self.threads), providers=[wanted])
+            return load_session(path, session_options(self.threads), [wanted])
         gpus, reason = cuda_device_count()
         if gpus == 0:
             # Asking ORT anyway would only print provider-load errors and fall back to the CPU.

@@ -4,31 +4,39 @@
 (engines only on request: a plan runs only on the GPU and TensorRT version that built it) as
 plain regular-file members with fixed owners and times, so the same bundle gives the same archive.
 
-``unpack_bundle`` / ``open_bundle`` read the archive's headers before writing anything and refuse:
-members that are not regular files or directories (symlinks, hard links, devices, FIFOs),
-absolute names, ``..``, duplicate names, more than ``max_members`` entries, a declared total size
-over ``max_bytes``, a manifest with an unknown schema or an escaping path, a listed artifact that
-is missing or whose size differs. Extraction then goes through tarfile's ``data`` filter into a
-temporary directory beside the destination, every artifact's sha256 is checked (a tampered file is
-refused by name), and only then is the directory renamed into place. Nothing is unpickled: the
-manifest is JSON and ``reference.npz`` is read later with ``allow_pickle=False``.
+``unpack_bundle`` / ``open_bundle`` open the archive once: they hash it (the cache key) and then
+extract from the same open file, hashing again, so what is extracted is what was hashed (a file
+swapped or rewritten meanwhile is refused). Extraction uses the bounded reader in tarstream.py,
+never ``tarfile``, and refuses members that are not regular files or directories, absolute names,
+``..``, duplicate names, more than ``max_members`` entries, sizes over ``max_bytes``, oversized pax
+headers, a manifest with an unknown schema or an escaping path, and a listed artifact that is
+missing or whose size or sha256 differs. Everything lands in a staging directory first and is
+swapped in only once checked. Nothing is unpickled: the manifest is JSON and ``reference.npz`` is
+read later with its sizes bounded and ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterator
 
-from alexnet_deploy.deploy.bundle import (MANIFEST_NAME, Manifest, parse_manifest_json, read_manifest, safe_path,
-                                          verify_artifacts)
+from alexnet_deploy.deploy.bundle import tarstream
+from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, Manifest, read_manifest, safe_path, verify_artifacts
+from alexnet_deploy.deploy.bundle.transaction import transaction
 from alexnet_deploy.deploy.files import atomic_path, public_dir_mode, sha256_file
 from alexnet_deploy.errors import BundleError
 
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 8 << 30      # AlexNet fp32+fp16+int8 ONNX plus engines is well under 1 GiB
 DEFAULT_MAX_MEMBERS = 256
-MAX_MANIFEST_BYTES = 16 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
@@ -118,157 +126,127 @@ def pack_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, include_en
     return PackResult(path=out, files=(MANIFEST_NAME, *files), bytes=out.stat().st_size, sha256=sha256_file(out))
 
 
-def _member_name(archive: Path, member: tarfile.TarInfo) -> str:
-    """The member's normalized relative name, or BundleError if it is not a plain file or dir inside."""
-    name = member.name
-    kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
-            "device" if member.ischr() or member.isblk() else "FIFO" if member.isfifo() else None)
-    if kind or not (member.isreg() or member.isdir()):
-        target = f" -> {member.linkname}" if member.linkname else ""
-        raise BundleError(f"{archive}: member {name!r}{target} is a {kind or 'special file'}; "
-                          "bundles may only contain regular files and directories")
-    pure = PurePosixPath(name)
-    if name.startswith(("/", "\\")) or "\\" in name or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
-        raise BundleError(f"{archive}: member {name!r} escapes the bundle (absolute path or '..')")
-    parts = [p for p in pure.parts if p != "."]
-    if not parts:
-        raise BundleError(f"{archive}: member with an empty name")
-    return "/".join(parts)
+class _HashingReader(io.RawIOBase):
+    """Hashes every byte read from ``fh``: what is extracted is exactly what was hashed."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.fh.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:count])
+        return count
+
+    def drain(self) -> str:
+        """Hash the rest of the file (what follows the tar's end) and return the hex digest."""
+        while self.fh.read(CHUNK_BYTES):
+            pass
+        return self.digest.hexdigest()
 
 
-def _scan(archive: Path, tar: tarfile.TarFile, max_bytes: int, max_members: int) -> dict[str, tarfile.TarInfo]:
-    """Check every header before anything is written; return regular files by normalized name."""
-    files: dict[str, tarfile.TarInfo] = {}
-    total = 0
-    for count, member in enumerate(tar, start=1):
-        if count > max_members:
-            raise BundleError(f"{archive}: more than {max_members} members; refusing to unpack")
-        name = _member_name(archive, member)
-        if member.isdir():
-            continue
-        if name in files:
-            raise BundleError(f"{archive}: member {name!r} appears twice (a later copy would overwrite the first)")
-        total += member.size
-        if total > max_bytes:
-            raise BundleError(f"{archive}: unpacked size exceeds the {max_bytes / (1 << 30):.2f} GiB limit; "
-                              "refusing to unpack (raise max_bytes if the bundle is really that big)")
-        files[name] = member
-    return files
+CHUNK_BYTES = 1 << 20
 
 
-def _read_packed_manifest(archive: Path, tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo]) -> Manifest:
-    member = files.get(MANIFEST_NAME)
-    if member is None:
-        raise BundleError(f"{archive}: no {MANIFEST_NAME} at the top of the archive; is it a packed bundle?")
-    if member.size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{archive}: {MANIFEST_NAME} is {member.size} bytes, larger than any real manifest")
+def _sha256_of(fh: BinaryIO) -> str:
+    fh.seek(0)
+    digest = hashlib.sha256()
+    for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _open_archive(archive: Path, max_bytes: int) -> Iterator[BinaryIO]:
+    """The archive, opened once: it is hashed and extracted from this one file object."""
     try:
-        raw = tar.extractfile(member).read()
+        fh = open(archive, "rb")
+    except FileNotFoundError:
+        raise BundleError(f"{archive}: not found; expected a bundle archive made by `alexnet-deploy pack`") from None
     except OSError as exc:
-        raise BundleError(f"{archive}: {MANIFEST_NAME} cannot be read ({exc})") from exc
-    data = parse_manifest_json(f"{archive}: {MANIFEST_NAME}", raw)
-    if not isinstance(data, dict):
-        raise BundleError(f"{archive}: {MANIFEST_NAME} must be a JSON object")
-    return Manifest.from_dict(data)   # refuses an unknown schema version
+        raise BundleError(f"{archive}: cannot open it ({exc.strerror or exc})") from exc
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleError(f"{archive}: not a regular file; expected a bundle archive made by `alexnet-deploy pack`")
+        if size > max_bytes:
+            raise BundleError(f"{archive}: {size} bytes is over the {max_bytes} byte limit")
+        yield fh
 
 
-def _select(archive: Path, manifest: Manifest, files: dict[str, tarfile.TarInfo]) -> list[tarfile.TarInfo]:
-    """The members to extract: the manifest, each listed artifact (present, right size) and plan sidecars."""
-    wanted = {MANIFEST_NAME: files[MANIFEST_NAME]}
+def _extract_from(fh: BinaryIO, archive: Path, into: Path, key: str, limits: tarstream.Limits) -> None:
+    """Extract the open archive into the empty directory ``into`` and check it: its bytes still hash
+    to ``key``, it holds a manifest, every listed artifact with its size and sha256; files the
+    manifest does not list (other than engine sidecars) are dropped."""
+    fh.seek(0)
+    raw = _HashingReader(fh)
+    try:
+        buffered = io.BufferedReader(raw, CHUNK_BYTES)
+        stream = gzip.GzipFile(fileobj=buffered, mode="rb") if buffered.peek(2)[:2] == GZIP_MAGIC else buffered
+        files = tarstream.extract(stream, into, limits, str(archive))
+        digest = raw.drain()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BundleError(f"{archive}: not a readable bundle archive ({exc.__class__.__name__}: {exc})") from exc
+    if digest != key:
+        raise BundleError(f"{archive}: the file changed while it was being read; nothing was unpacked. Copy the "
+                          "archive again and retry")
+    _keep_listed(archive, into, files)
+
+
+def _keep_listed(archive: Path, into: Path, files: dict[str, int]) -> None:
+    if MANIFEST_NAME not in files:
+        raise BundleError(f"{archive}: no {MANIFEST_NAME} at the top of the archive; is it a packed bundle?")
+    manifest = read_manifest(into)   # bounded, strict; refuses an unknown schema and escaping paths
+    wanted = {MANIFEST_NAME}
     for artifact in manifest.artifacts:
-        name = _relative_name(artifact.file)
-        member = files.get(name)
-        if member is None:
+        name = tarstream.member_name(str(archive), artifact.file)
+        if name not in files:
             raise BundleError(f"{archive}: {artifact.file} is listed in the manifest but missing from the archive")
-        if member.size != artifact.bytes:
-            raise BundleError(f"{archive}: {artifact.file} is {member.size} bytes, the manifest says {artifact.bytes}; "
+        if files[name] != artifact.bytes:
+            raise BundleError(f"{archive}: {artifact.file} is {files[name]} bytes, the manifest says {artifact.bytes}; "
                               "the file was modified or corrupted")
-        wanted[name] = member
-        if artifact.kind == "trt-plan" and _sidecar(name) in files:
-            wanted[_sidecar(name)] = files[_sidecar(name)]
-    skipped = sorted(set(files) - set(wanted))
+        wanted.update({name, _sidecar(name)} if artifact.kind == "trt-plan" else {name})
+    skipped = sorted(set(files) - wanted)
     if skipped:
         log.warning("%s: skipping %d files not listed in the manifest: %s", archive, len(skipped), skipped[:5])
-    return list(wanted.values())
-
-
-def _relative_name(relative: str) -> str:
-    """A manifest path as an archive member name; the same rules as deploy.bundle.safe_path."""
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or Path(relative).is_absolute() or ".." in pure.parts or "\\" in relative:
-        raise BundleError(f"manifest path {relative!r} escapes the bundle; paths must be relative and inside it")
-    parts = [p for p in pure.parts if p != "."]
-    if not parts:
-        raise BundleError(f"manifest path {relative!r} is empty")
-    return "/".join(parts)
-
-
-def _extract(archive: Path, dest: Path, max_bytes: int, max_members: int) -> Path:
-    """Extract into a temporary directory beside ``dest``; return it after every check passed."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            files = _scan(archive, tar, max_bytes, max_members)
-            manifest = _read_packed_manifest(archive, tar, files)
-            members = _select(archive, manifest, files)
-            tar.extractall(tmp, members=members, filter="data")
-        verify_artifacts(tmp, read_manifest(tmp))
-        public_dir_mode(tmp)
-        return tmp
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BundleError(f"{archive}: not a readable bundle archive ({exc.__class__.__name__}: {exc})") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _check_archive_file(archive: Path, max_bytes: int) -> None:
-    if not archive.is_file():
-        raise BundleError(f"{archive}: not found; expected a bundle archive made by `alexnet-deploy pack`")
-    if archive.stat().st_size > max_bytes:
-        raise BundleError(f"{archive}: {archive.stat().st_size} bytes is over the {max_bytes} byte limit")
+    for name in skipped:
+        (into / name).unlink()
+    verify_artifacts(into, manifest)
 
 
 def unpack_bundle(archive: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False,
                   max_bytes: int = DEFAULT_MAX_BYTES, max_members: int = DEFAULT_MAX_MEMBERS) -> Path:
-    """Safely extract a packed bundle into ``dest`` (which must not exist unless ``overwrite``).
+    """Safely extract a packed bundle into ``dest`` (which must not exist, or be empty, unless
+    ``overwrite`` and it holds a bundle).
 
-    ``dest`` is resolved first, so "." or "sub/.." name the real directory and the new copy is built
-    beside it, never inside it. An existing bundle is only moved aside once the new one is extracted
-    and checked, and deleted after the new one is in place."""
+    One transaction (deploy/bundle/transaction.py): the archive is hashed and extracted from one
+    open file into a staging directory beside ``dest``, every file is checked, and only then is it
+    swapped in. Files of an old bundle that its manifest does not list (a user's own, or the
+    archive itself) are kept. A folder that is not a bundle is never replaced."""
     archive, dest = Path(archive), Path(os.path.abspath(dest))
-    _check_archive_file(archive, max_bytes)
-    if dest.parent == dest:
-        raise BundleError(f"{dest}: cannot unpack over a filesystem root; name a bundle directory")
-    empty_dir = dest.is_dir() and not any(dest.iterdir())
-    if dest.exists() and not empty_dir and not overwrite:
+    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise BundleError(f"{dest}: already exists; choose a new directory or pass --overwrite")
-    if dest.exists() and not empty_dir and not (dest / MANIFEST_NAME).is_file():
-        raise BundleError(f"{dest}: exists and is not a bundle; refusing to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _extract(archive, dest, max_bytes, max_members)
-    _swap_in(tmp, dest, replace=dest.exists() and not empty_dir)
+    limits = tarstream.Limits(max_bytes, max_members)
+    with _open_archive(archive, max_bytes) as fh:
+        key = _sha256_of(fh)
+        with transaction(dest, "DEST", keep="unlisted", create=True) as staging:
+            incoming = staging.path / ".incoming"
+            incoming.mkdir()
+            _extract_from(fh, archive, incoming, key, limits)
+            _move_into(incoming, staging.path)
     log.info("unpacked %s into %s", archive, dest)
     return dest
 
 
-def _swap_in(new: Path, dest: Path, replace: bool) -> None:
-    """Move the checked copy ``new`` to ``dest``; an old ``dest`` is renamed aside first and only
-    deleted once ``new`` is in place (put back if the move fails)."""
-    if not replace:
-        os.replace(new, dest)   # rename(2) also replaces an empty directory
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-    os.replace(dest, old / "bundle")
-    try:
-        os.replace(new, dest)
-    except BaseException:
-        os.replace(old / "bundle", dest)
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _move_into(src: Path, dst: Path) -> None:
+    """Move every file of ``src`` into ``dst``, replacing files of the same name, then remove ``src``."""
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(src)
 
 
 def bundle_cache_dir() -> Path:
@@ -281,23 +259,57 @@ def bundle_cache_dir() -> Path:
 def open_bundle(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                 max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """A checked bundle directory for ``source``: a bundle directory, or a packed archive extracted
-    (once, keyed by the archive's sha256) into the cache. Every artifact's sha256 is checked."""
+    (once, keyed by the archive's sha256) into the cache. Every artifact's sha256 is checked, the
+    cache copy's too: a corrupted cache entry is replaced by a fresh extraction."""
     source = Path(source)
     if source.is_dir():
         verify_artifacts(source, read_manifest(source))
         return source
-    _check_archive_file(source, max_bytes)
     if not source.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BundleError(f"{source}: neither a bundle directory nor a {'/'.join(ARCHIVE_SUFFIXES)} archive")
-    dest = Path(cache_dir) if cache_dir else bundle_cache_dir()
-    dest = dest / sha256_file(source)[:20]
-    if (dest / MANIFEST_NAME).is_file():
-        verify_artifacts(dest, read_manifest(dest))   # the cache copy could have been edited since
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _extract(source, dest, max_bytes, DEFAULT_MAX_MEMBERS)
-    try:
-        os.replace(tmp, dest)
-    except OSError:   # another process extracted the same archive first; use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+    root = _cache_root(Path(cache_dir) if cache_dir else bundle_cache_dir())
+    with _open_archive(source, max_bytes) as fh:
+        key = _sha256_of(fh)
+        dest = root / key[:20]
+        if _usable_cache_entry(dest):
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=root))
+        try:
+            _extract_from(fh, source, tmp, key, tarstream.Limits(max_bytes, DEFAULT_MAX_MEMBERS))
+            public_dir_mode(tmp)
+            os.replace(tmp, dest)
+        except OSError:
+            if not _usable_cache_entry(dest):   # else another process extracted the same archive first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _cache_root(root: Path) -> Path:
+    """The cache folder, created; partial extractions older than a day (killed runs) are removed."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for partial in root.glob(".*.partial"):
+            if time.time() - partial.stat().st_mtime > 86400:
+                shutil.rmtree(partial, ignore_errors=True)
+    except OSError as exc:
+        raise BundleError(f"{root}: cannot use it as the bundle cache ({exc.strerror or exc}); set "
+                          "ALEXNET_DEPLOY_CACHE to a writable folder") from exc
+    return root
+
+
+def _usable_cache_entry(dest: Path) -> bool:
+    """True when the cache entry exists and every file still matches its manifest; a corrupted entry
+    is moved out of the way (then removed) so the archive is extracted again."""
+    if not dest.exists():
+        return False
+    try:
+        verify_artifacts(dest, read_manifest(dest))
+        return True
+    except BundleError as exc:
+        log.warning("%s: corrupted cache entry (%s); extracting the archive again", dest, exc)
+    doomed = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".corrupt", dir=dest.parent))
+    os.replace(dest, doomed / "entry")
+    shutil.rmtree(doomed, ignore_errors=True)
+    return False

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, is_bundle, read_manifest
-from alexnet_deploy.deploy.files import public_dir_mode
+from alexnet_deploy.deploy.files import check_writable, public_dir_mode
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
 STAGING_SUFFIX = ".staging"
@@ -116,6 +116,7 @@ def transaction(dest: str | os.PathLike, flag: str, *, keep: str = "all", create
     ``staging.path``; the commit happens when the block ends without an exception."""
     dest = Path(os.path.abspath(dest))
     replaces = _check_destination(dest, flag, create)
+    check_writable(dest, flag, directory=True)   # one line naming the flag, before anything is made
     dest.parent.mkdir(parents=True, exist_ok=True)
     with bundle_lock(dest, flag, wait=wait):
         _recover(dest)
@@ -152,7 +153,7 @@ def _check_destination(dest: Path, flag: str, create: bool) -> bool:
     if empty and create:
         return False
     if not is_bundle(dest):
-        raise BundleError(f"{flag} {dest}: exists and is not an alexnet-deploy bundle (no valid {MANIFEST_NAME}); "
+        raise BundleError(f"{flag} {dest}: exists and is not a bundle (no valid alexnet-deploy {MANIFEST_NAME}); "
                           "refusing to replace it: choose a new or empty directory")
     return True
 
