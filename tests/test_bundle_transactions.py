@@ -273,9 +273,10 @@ def test_a_pax_header_declaring_gigabytes_is_refused_without_reading_it(tmp_path
     probe = ("import resource, sys; from alexnet_deploy.deploy.bundle.archive import unpack_bundle\n"
              "try:\n    unpack_bundle(sys.argv[1], sys.argv[2])\nexcept Exception as e:\n    print(e)\n"
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", probe, str(bomb), str(tmp_path / "out")], capture_output=True,
-                         text=True, timeout=120).stdout.splitlines()
-    assert "pax header declares" in out[0]
+    done = subprocess.run([sys.executable, "-c", probe, str(bomb), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=120)
+    out = done.stdout.splitlines()
+    assert out and "pax header declares" in out[0], done.stdout + done.stderr
     assert int(out[-1]) < 200_000, f"peak RSS {out[-1]} kB"   # the declared 256 MiB never reached memory
 
 
