@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from alexnet_deploy.deploy.preprocess import (PreprocessSpec, is_image_file, list_class_folder, load_image, preprocess,
-                                              resize_and_crop)
+from alexnet_deploy.deploy.preprocess import (PreprocessSpec, is_image_file, list_class_folder, load_image,
+                                              resize_and_crop, to_chw_float)
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ class VerificationSet:
 def _raw_crops(images: Sequence[Image.Image | Path], spec: PreprocessSpec) -> np.ndarray:
     crops = [resize_and_crop(img if isinstance(img, Image.Image) else load_image(img), spec) for img in images]
     return np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+
+
+def _normalized(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The float32 NCHW inputs of already resized and cropped uint8 images (what preprocess() gives)."""
+    return np.stack([to_chw_float(Image.fromarray(crop), spec) for crop in crops])
 
 
 def _spread(samples: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
@@ -77,10 +82,10 @@ def from_folder(folder: str | os.PathLike, spec: PreprocessSpec, model_classes: 
         if not files:
             raise DataError(f"{folder}: no images found (expected <class>/<image> folders or image files)")
         picked, labels = [(p, -1) for p in files[:count]], None
-    inputs = preprocess([p for p, _ in picked], spec)
+    crops = _raw_crops([p for p, _ in picked], spec)   # each image decoded once, for both arrays
     names = tuple(str(p.relative_to(folder)) for p, _ in picked)
-    return VerificationSet(inputs=inputs, labels=labels, files=names, source=source, folder=str(folder.resolve()),
-                           raw_crops=_raw_crops([p for p, _ in picked], spec))
+    return VerificationSet(inputs=_normalized(crops, spec), labels=labels, files=names, source=source,
+                           folder=str(folder.resolve()), raw_crops=crops)
 
 
 def generated(spec: PreprocessSpec, count: int, seed: int = 0) -> VerificationSet:
@@ -90,9 +95,9 @@ def generated(spec: PreprocessSpec, count: int, seed: int = 0) -> VerificationSe
     for _ in range(count):
         small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
         images.append(Image.fromarray(small).resize((spec.resize, spec.resize), Image.Resampling.BICUBIC))
-    inputs = preprocess(images, spec)
-    return VerificationSet(inputs=inputs, labels=None, files=tuple(f"generated_{i:03d}" for i in range(count)),
-                           source="generated", raw_crops=_raw_crops(images, spec))
+    crops = _raw_crops(images, spec)
+    return VerificationSet(inputs=_normalized(crops, spec), labels=None,
+                           files=tuple(f"generated_{i:03d}" for i in range(count)), source="generated", raw_crops=crops)
 
 
 __all__ = ["VerificationSet", "from_folder", "generated"]
