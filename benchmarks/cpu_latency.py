@@ -4,10 +4,10 @@ In one run: read bandwidth (numpy sums over a buffer far larger than L3) and the
 weight bytes / bandwidth (at batch 1 the FC layers make AlexNet memory-bound); batch-1 and batch-32
 latency of torch eager (the ``pt`` backend), ONNX Runtime "before" (native LRN, plain SessionOptions)
 and the ``ort`` and ``ov`` backends at fp32 / fp16 / int8 on bundles exported with each LRN
-formulation (deploy/graph_lrn.py), with ratios to torch and to the floors, timed round-robin so load
+formulation (deploy/onnx/lrn.py), with ratios to torch and to the floors, timed round-robin so load
 from other processes hits every row alike; every row's top-1 agreement with torch (and top-1, with
 --data). The models are what users ship (the project's export and calibration, 7-bit int8 weights);
-the timing is deploy/timing.py's. Extra modes: ``--ort-tuning`` measures SessionOptions, ``--profile``
+the timing is deploy/evaluate/timing.py's. Extra modes: ``--ort-tuning`` measures SessionOptions, ``--profile``
 prints ONNX Runtime's and OpenVINO's per-op profiles, ``--weight-bits`` times 7-bit (portable)
 against 8-bit int8 weights.
 
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy import Backend, load
-from alexnet_deploy.deploy.bench import EvalSet, latency_input, load_eval_set, load_reference_npz
-from alexnet_deploy.deploy.timing import LatencyStats, latency_stats, measure
+from alexnet_deploy.deploy.evaluate.bench import EvalSet, latency_input, load_eval_set, load_reference_npz
+from alexnet_deploy.deploy.evaluate.timing import LatencyStats, latency_stats, measure
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.compare import compare_logits
-from alexnet_deploy.deploy.onnxrt import import_ort, session_options
+from alexnet_deploy.deploy.evaluate.compare import compare_logits
+from alexnet_deploy.deploy.onnx.sessions import import_ort, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "runs" / "cifar64-default" / "best.pt"
@@ -82,7 +82,7 @@ def calibrate(args, bundle: Path, weight_bits: int, method: str) -> None:
 def build_bundle(args, folder: Path, lrn: str) -> Path:
     """fp32 + fp16 + int8 bundle of --checkpoint at --image-size, unless ``folder`` (a --work of an
     earlier run) already holds one of the same checkpoint and size."""
-    from alexnet_deploy.deploy.files import sha256_file
+    from alexnet_deploy.deploy.bundle.files import sha256_file
     from alexnet_deploy.export.pipeline import export_bundle
 
     old = read_manifest(folder) if (folder / "manifest.json").is_file() else None
@@ -238,7 +238,7 @@ def print_targets(rows: list[dict], floors: dict[str, float], bandwidth_ratio: f
 def weight_bits_study(args, bundle: Path, work: Path) -> list[dict]:
     """Latency of the portable int8 model (7-bit weights) against the same calibration with 8-bit
     weights, batch 1 and 32, ORT and OpenVINO, round-robin in one run, and how often their top-1 agree."""
-    from alexnet_deploy.deploy.cpu import detect
+    from alexnet_deploy.deploy.platform.cpu import detect
 
     bundles = {7: bundle, 8: work / "conv-8bit"}
     shutil.rmtree(bundles[8], ignore_errors=True)

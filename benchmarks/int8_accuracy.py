@@ -120,7 +120,7 @@ def float_rows(bundle: Path, val_dir: Path, num_val: int, batch: int):
 _EMULATED = """
 import sys, numpy as np
 from alexnet_deploy.deploy import load
-from alexnet_deploy.deploy.cpu import detect
+from alexnet_deploy.deploy.platform.cpu import detect
 bundle, images_npz, out_npz, *backends = sys.argv[1:]
 images = np.load(images_npz)["images"]
 found = {"cpu": np.array(detect().describe())}
@@ -145,7 +145,7 @@ def backend_rows(bundle: Path, images: np.ndarray, ref: np.ndarray, index: np.nd
     """The kept int8 model on each backend's real int8 kernels, here and (optionally) emulated."""
     from alexnet_deploy.calibration.budget import logits
     from alexnet_deploy.deploy import load
-    from alexnet_deploy.deploy.cpu import detect
+    from alexnet_deploy.deploy.platform.cpu import detect
 
     oracle = logits(bundle / "model.int8.onnx", images, args.batch_size, semantic=True)
     rows = []
@@ -227,7 +227,7 @@ def markdown(rows: list[dict], fp32_top1: float) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from alexnet_deploy.deploy.cpu import detect
+    from alexnet_deploy.deploy.platform.cpu import detect
 
     print(f"CPU: {detect().describe()} (int8 dot product: {detect().int8_dot_product})")
     if not args.checkpoint.is_file():

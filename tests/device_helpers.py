@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, TensorSpec, make_artifact, write_manifest
-from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches
+from alexnet_deploy.deploy.onnx.sessions import cpu_session, run_batches
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, preprocess
 from conftest import write_image_folder
 

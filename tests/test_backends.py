@@ -19,11 +19,11 @@ import pytest
 import runtime_bundle
 from conftest import scratch_dir
 from alexnet_deploy.deploy import Prediction, load
-from alexnet_deploy.deploy.backend import Backend, resolve_backend
+from alexnet_deploy.deploy.backends.base import Backend, resolve_backend
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.compare import Threshold
+from alexnet_deploy.deploy.evaluate.compare import Threshold
 from alexnet_deploy.deploy.precision import PRECISIONS
-from alexnet_deploy.deploy.verify import INT8_ORACLE, INT8_REFERENCE_FILE, judge_logits
+from alexnet_deploy.deploy.evaluate.verify import INT8_ORACLE, INT8_REFERENCE_FILE, judge_logits
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 CASES = [
@@ -251,7 +251,7 @@ def test_trt_without_gpu_or_engine_says_why(stand_ins, trt_bundle, bundle):
 
 
 def test_auto_prefers_trt_and_bench_runs_it(stand_ins, trt_bundle):
-    from alexnet_deploy.deploy.bench import BenchConfig, run_bench
+    from alexnet_deploy.deploy.evaluate.bench import BenchConfig, run_bench
 
     stand_ins(trt_version="11.1.0")
     _build(trt_bundle, "fp16")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import runtime_bundle
-from alexnet_deploy.deploy.bench import ROW_FIELDS, BenchConfig, BenchRow, run_bench
-from alexnet_deploy.deploy.bench_report import read_report, write_csv, write_json, write_plots
-from alexnet_deploy.deploy.compare import compare_logits, diff_reports, topk_accuracy
-from alexnet_deploy.deploy.timing import latency_stats, measure, percentile
+from alexnet_deploy.deploy.evaluate.bench import ROW_FIELDS, BenchConfig, BenchRow, run_bench
+from alexnet_deploy.deploy.evaluate.report import read_report, write_csv, write_json, write_plots
+from alexnet_deploy.deploy.evaluate.compare import compare_logits, diff_reports, topk_accuracy
+from alexnet_deploy.deploy.evaluate.timing import latency_stats, measure, percentile
 from alexnet_deploy.errors import AlexNetDeployError, DataError
 
 # The fields every bench row has (docs/architecture.md, "Reports"): tools that read bench JSON rely on them.

@@ -23,7 +23,7 @@ from alexnet_deploy.deploy.bundle import read_manifest, verify_artifacts
 from alexnet_deploy.deploy.bundle import archive as archive_mod
 from alexnet_deploy.deploy.bundle.archive import open_bundle, pack_bundle, unpack_bundle
 from alexnet_deploy.deploy.bundle.npz import load_npz
-from alexnet_deploy.deploy.files import sha256_file
+from alexnet_deploy.deploy.bundle.files import sha256_file
 from alexnet_deploy.errors import BundleError
 from device_helpers import edit_manifest, tiny_bundle
 

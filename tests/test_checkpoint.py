@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from alexnet_deploy.alexnet import build_model  # noqa: E402
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from alexnet_deploy.deploy.files import sha256_file  # noqa: E402
+from alexnet_deploy.deploy.bundle.files import sha256_file  # noqa: E402
 from alexnet_deploy.deploy.preprocess import PreprocessSpec  # noqa: E402
 from alexnet_deploy.errors import CheckpointError  # noqa: E402
 

@@ -142,7 +142,7 @@ def test_device_commands_do_not_import_torch(bundle: Path, tmp_path: Path) -> No
     code = ("import sys; from click.testing import CliRunner; from alexnet_deploy.cli import cli; "
             f"r = CliRunner().invoke(cli, ['verify', {str(bundle)!r}, '--backend', 'ort'], obj={{}}); "
             f"r2 = CliRunner().invoke(cli, ['pack', {str(bundle)!r}, '-o', {str(tmp_path / 'x.tar.gz')!r}], obj={{}}); "
-            "import alexnet_deploy.deploy.trt.engines, alexnet_deploy.deploy.verify, alexnet_deploy.export.triton; "
+            "import alexnet_deploy.deploy.trt.engines, alexnet_deploy.deploy.evaluate.verify, alexnet_deploy.export.triton; "
             "print(json.dumps([r.exit_code, r2.exit_code, 'torch' in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, False], proc.stderr
@@ -185,7 +185,7 @@ def test_device_flow_with_the_real_exporter(tmp_path: Path) -> None:
     assert run("unpack", tmp_path / "b.tar.gz", device).exit_code == 0
     result = run("verify", device, "--backend", "ort")
     assert result.exit_code == 0 and "verified" in result.output, result.output
-    from alexnet_deploy.deploy.verify import PASS, verify_bundle
+    from alexnet_deploy.deploy.evaluate.verify import PASS, verify_bundle
 
     report = verify_bundle(device, backends=("ort",), precisions=("fp32",))
     assert [c.status for c in report.checks if c.check == "preprocessing"] == [PASS]  # raw_crops kept by export

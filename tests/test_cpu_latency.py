@@ -1,4 +1,4 @@
-"""ORT session defaults (deploy/onnxrt.py) and benchmarks/cpu_latency.py: its timing, and a real run."""
+"""ORT session defaults (deploy/onnx/sessions.py) and benchmarks/cpu_latency.py: its timing, and a real run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_deploy.deploy import onnxrt
+from alexnet_deploy.deploy.onnx import sessions as onnxrt
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_latency.py"
 

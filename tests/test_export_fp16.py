@@ -9,7 +9,7 @@ import pytest
 
 from alexnet_deploy.errors import ExportError
 from alexnet_deploy.export import fp16
-from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+from alexnet_deploy.deploy.onnx.sessions import cpu_logits as ort_logits
 
 onnx = pytest.importorskip("onnx")
 

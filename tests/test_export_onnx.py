@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from alexnet_deploy.deploy.bundle import read_manifest, verify_artifacts
-from alexnet_deploy.deploy.compare import check_parity, require_parity
-from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+from alexnet_deploy.deploy.evaluate.compare import check_parity, require_parity
+from alexnet_deploy.deploy.onnx.sessions import cpu_logits as ort_logits
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, preprocess
 from alexnet_deploy.errors import ExportError

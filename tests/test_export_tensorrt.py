@@ -69,7 +69,7 @@ def make_bundle(root: Path, fp16: bool = True, int8_zero: int | None = None, bad
     import onnx
 
     from alexnet_deploy.export import fp16 as fp16_mod
-    from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+    from alexnet_deploy.deploy.onnx.sessions import cpu_logits as ort_logits
 
     root.mkdir(parents=True, exist_ok=True)
     onnx.save(_tiny_model(bad_op=bad_op), str(root / "model.onnx"))
@@ -239,7 +239,7 @@ def test_plan_runs_in_the_stand_in_runtime(stand_ins, bundle: Path) -> None:
     trt = stand_ins(trt_version="10.3.0")
     from cuda.bindings import runtime as cudart
 
-    from alexnet_deploy.deploy.onnxrt import cpu_logits as ort_logits
+    from alexnet_deploy.deploy.onnx.sessions import cpu_logits as ort_logits
 
     info = builder.build_engine(bundle, "fp32", max_batch=8)
     engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(info.path.read_bytes())

@@ -21,8 +21,8 @@ import pytest
 
 import runtime_bundle
 from alexnet_deploy.deploy.bundle import read_manifest, make_artifact, write_manifest
-from alexnet_deploy.deploy.cpu import CpuFeatures, cpuinfo_flags, detect, features_from, refuse_unsafe_int8
-from alexnet_deploy.deploy.verify import INT8_REFERENCE_FILE, verify_bundle
+from alexnet_deploy.deploy.platform.cpu import CpuFeatures, cpuinfo_flags, detect, features_from, refuse_unsafe_int8
+from alexnet_deploy.deploy.evaluate.verify import INT8_REFERENCE_FILE, verify_bundle
 from alexnet_deploy.errors import BackendUnavailable
 
 QEMU = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
@@ -147,9 +147,9 @@ def w8_bundle(int8_bundle: Path, tmp_path_factory) -> Path:
 
 _OV_ORACLE = """
 import json, sys
-from alexnet_deploy.deploy.backend import load
+from alexnet_deploy.deploy.backends.base import load
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.verify import _judge_int8, load_reference
+from alexnet_deploy.deploy.evaluate.verify import _judge_int8, load_reference
 out = {}
 for bundle in sys.argv[1:]:
     manifest = read_manifest(bundle)
@@ -175,10 +175,10 @@ def test_openvino_avx2_kernels_7_bit_weights_match_the_oracle_8_bit_do_not(int8_
 
 _ON_HASWELL = """
 import json, sys
-from alexnet_deploy.deploy.backend import load
+from alexnet_deploy.deploy.backends.base import load
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.cpu import detect
-from alexnet_deploy.deploy.verify import _judge_int8, load_reference
+from alexnet_deploy.deploy.platform.cpu import detect
+from alexnet_deploy.deploy.evaluate.verify import _judge_int8, load_reference
 from alexnet_deploy.errors import BackendUnavailable
 out = {"cpu": detect().to_dict()}
 for name, bundle in (("w7", sys.argv[1]), ("w8", sys.argv[2])):

@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from alexnet_deploy.deploy.system import (JetsonPaths, jetson_facts, parse_nvpmodel, parse_tegra_release,
+from alexnet_deploy.deploy.platform.system import (JetsonPaths, jetson_facts, parse_nvpmodel, parse_tegra_release,
                                           system_facts)
 
 R36 = ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "

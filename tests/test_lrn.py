@@ -1,4 +1,4 @@
-"""The LRN graph rewrite (deploy/graph_lrn.py): same numbers as PyTorch, at every precision, on real images."""
+"""The LRN graph rewrite (deploy/onnx/lrn.py): same numbers as PyTorch, at every precision, on real images."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
-from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches  # noqa: E402
+from alexnet_deploy.deploy.onnx.sessions import cpu_session, run_batches  # noqa: E402
 from alexnet_deploy.errors import ExportError  # noqa: E402
-from alexnet_deploy.deploy.graph_lrn import (  # noqa: E402
+from alexnet_deploy.deploy.onnx.lrn import (  # noqa: E402
     PREFIX, band_weights, restore_lrn, rewrite_lrn, rewritten_node_names)
 from conftest import write_image_folder  # noqa: E402
 from lrn_helpers import (  # noqa: E402
@@ -169,7 +169,7 @@ def test_int8_keeps_lrn_float_and_matches_native_int8(net, native_path, real_ima
     assert np.abs(conv_out - native_out).max() <= 0.05 * scale  # same quantization, different LRN form
     assert np.abs(conv_out - reference).max() <= 0.25 * scale
     # Top-1 judged against what the Q/DQ model means (a random-init net's int8 rounding is no target).
-    from alexnet_deploy.deploy.onnxrt import run_batches, semantic_session
+    from alexnet_deploy.deploy.onnx.sessions import run_batches, semantic_session
 
     meant = run_batches(semantic_session(int8_conv), real_images)
     assert np.mean(conv_out.argmax(1) == meant.argmax(1)) >= 0.95
@@ -241,7 +241,7 @@ def test_rewrite_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, onnx; from alexnet_deploy.deploy.graph_lrn import rewrite_lrn; "
+    code = ("import sys, onnx; from alexnet_deploy.deploy.onnx.lrn import rewrite_lrn; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -26,8 +26,8 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from alexnet_deploy.deploy.backends.ov import OvBackend  # noqa: E402
-from alexnet_deploy.deploy.onnxrt import cpu_session  # noqa: E402
-from alexnet_deploy.deploy.graph_lrn import rewrite_lrn, rewritten_node_names  # noqa: E402
+from alexnet_deploy.deploy.onnx.sessions import cpu_session  # noqa: E402
+from alexnet_deploy.deploy.onnx.lrn import rewrite_lrn, rewritten_node_names  # noqa: E402
 from conftest import write_image_folder  # noqa: E402
 from lrn_helpers import (  # noqa: E402
     export_native, images, lrn_net, quantize_int8, to_fp16, torch_logits, write_bundle)
@@ -102,7 +102,7 @@ def test_low_precision_agrees_with_ort_on_the_same_file(bundle, inputs, precisio
     scale = np.abs(reference).max()
     assert np.abs(out - ort_out).max() <= tol * scale
     if precision == "int8":   # judged against what the Q/DQ model means, not against fp32 rounding
-        from alexnet_deploy.deploy.onnxrt import run_batches, semantic_session
+        from alexnet_deploy.deploy.onnx.sessions import run_batches, semantic_session
 
         meant = run_batches(semantic_session(folder / name), inputs)
         assert np.mean(out.argmax(1) == meant.argmax(1)) >= 0.95
@@ -141,10 +141,10 @@ def test_missing_and_tampered_artifacts(bundle, tmp_path):
 
 
 def test_registered_in_the_backend_registry(bundle, inputs):
-    from alexnet_deploy.deploy.backend import BACKENDS, load
+    from alexnet_deploy.deploy.backends.base import BACKENDS, load
 
     if "ov" not in BACKENDS:
-        pytest.skip("the ov backend is not in deploy/backend.py's registry yet")
+        pytest.skip("the ov backend is not in deploy/backends/base.py's registry yet")
     folder, reference = bundle
     model = load(folder, "ov", "fp32")
     assert isinstance(model, OvBackend)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.deploy.bundle import read_manifest, safe_path, verify_artifacts
-from alexnet_deploy.deploy.files import sha256_file
+from alexnet_deploy.deploy.bundle.files import sha256_file
 from alexnet_deploy.deploy.bundle.archive import open_bundle, pack_bundle, unpack_bundle
 from alexnet_deploy.errors import BundleError
 from device_helpers import tiny_bundle

@@ -15,7 +15,7 @@ import pytest
 
 from alexnet_deploy.deploy.bundle import bundle_lock
 from alexnet_deploy.deploy.bundle.transaction import lock_path
-from alexnet_deploy.deploy.files import sha256_file
+from alexnet_deploy.deploy.bundle.files import sha256_file
 
 torch = pytest.importorskip("torch")
 

@@ -25,8 +25,8 @@ def test_importing_the_runtime_does_not_import_torch():
         import json, sys
         import alexnet_deploy.deploy
         from alexnet_deploy.deploy import load, preprocess, PreprocessSpec
-        import alexnet_deploy.deploy.backend, alexnet_deploy.deploy.backends.ort, alexnet_deploy.deploy.trt.backend
-        import alexnet_deploy.deploy.bench, alexnet_deploy.deploy.compare, alexnet_deploy.deploy.system
+        import alexnet_deploy.deploy.backends.base, alexnet_deploy.deploy.backends.ort, alexnet_deploy.deploy.trt.backend
+        import alexnet_deploy.deploy.evaluate.bench, alexnet_deploy.deploy.evaluate.compare, alexnet_deploy.deploy.platform.system
         heavy = [m for m in ("torch", "torchvision", "onnxruntime", "onnx", "tensorrt", "matplotlib") if m in sys.modules]
         print(json.dumps({"heavy": heavy}))
     """)
@@ -55,7 +55,7 @@ def test_load_infer_and_bench_without_torch(tmp_path_factory):
         sys.modules["torch"] = None  # what a Jetson without torch looks like to `import torch`
         import numpy as np
         from alexnet_deploy.deploy import load
-        from alexnet_deploy.deploy.bench import BenchConfig, run_bench
+        from alexnet_deploy.deploy.evaluate.bench import BenchConfig, run_bench
         from alexnet_deploy.errors import MissingDependency
         model = load({str(bundle)!r}, backend="ort")
         logits = model.infer(np.zeros((2, 3, 64, 64), np.float32))

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] provides Triton's config schema")
 
 from alexnet_deploy.deploy.bundle import make_artifact, read_manifest, write_manifest  # noqa: E402
-from alexnet_deploy.deploy.files import sha256_file  # noqa: E402
+from alexnet_deploy.deploy.bundle.files import sha256_file  # noqa: E402
 from alexnet_deploy.errors import BundleError, ExportError  # noqa: E402
 from alexnet_deploy.export.triton import export_triton  # noqa: E402
 from device_helpers import tiny_bundle  # noqa: E402

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from alexnet_deploy.deploy.bundle.archive import pack_bundle
-from alexnet_deploy.deploy.compare import Threshold, cosine_rows
+from alexnet_deploy.deploy.evaluate.compare import Threshold, cosine_rows
 from alexnet_deploy.deploy.precision import PRECISIONS
-from alexnet_deploy.deploy.verify import (FAIL, PASS, SKIP, judge_logits,
+from alexnet_deploy.deploy.evaluate.verify import (FAIL, PASS, SKIP, judge_logits,
                                           verify_bundle)
 from device_helpers import edit_manifest, replace_artifact, tiny_bundle, tiny_onnx
 
@@ -131,7 +131,7 @@ def test_judge_logits_thresholds() -> None:
 def test_metadata_read_from_the_wire_matches_onnx(bundle: Path) -> None:
     import onnx
 
-    from alexnet_deploy.deploy.model_facts import onnx_metadata_props
+    from alexnet_deploy.deploy.onnx.facts import onnx_metadata_props
 
     for name in ("model.onnx", "model.fp16.onnx"):
         expected = {p.key: p.value for p in onnx.load(str(bundle / name)).metadata_props}

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend
+from alexnet_deploy.deploy.backends.base import Backend
 from alexnet_deploy.deploy.bundle import Manifest, TensorSpec
-from alexnet_deploy.deploy.files import sha256_file
+from alexnet_deploy.deploy.bundle.files import sha256_file
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import BackendUnavailable, CheckpointError
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from alexnet_deploy.alexnet.model import ARCHS, DEFAULT_INPUT, build_model
-from alexnet_deploy.deploy.files import atomic_path, sha256_file
+from alexnet_deploy.deploy.bundle.files import atomic_path, sha256_file
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import CheckpointError
 

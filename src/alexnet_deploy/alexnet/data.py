@@ -32,7 +32,7 @@ from PIL import Image
 
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, one_ahead, resize_and_crop
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
-from alexnet_deploy.deploy.system import mem_available
+from alexnet_deploy.deploy.platform.system import mem_available
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)

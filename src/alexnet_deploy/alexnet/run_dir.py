@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.alexnet.train_config import TrainConfig
-from alexnet_deploy.deploy.files import atomic_path, atomic_write_text
+from alexnet_deploy.deploy.bundle.files import atomic_path, atomic_write_text
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import AlexNetDeployError
 

@@ -27,7 +27,7 @@ from alexnet_deploy.alexnet.distributed import DistContext, all_reduce, setup_di
 from alexnet_deploy.alexnet.model import build_model
 from alexnet_deploy.alexnet.run_dir import ExternalLoggers, RunLog, read_history, write_metrics
 from alexnet_deploy.alexnet.train_config import RECIPES, TrainConfig, config_to_toml, load_config_file
-from alexnet_deploy.deploy.files import atomic_write_text, make_writable_dir
+from alexnet_deploy.deploy.bundle.files import atomic_write_text, make_writable_dir
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally, note
 from alexnet_deploy.errors import AlexNetDeployError, CheckpointError

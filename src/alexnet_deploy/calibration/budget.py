@@ -59,7 +59,7 @@ def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 
            semantic: bool = False) -> np.ndarray:
     """Run a model on ORT CPU over ``images``; ``semantic`` runs a Q/DQ model as the float ops it
     is made of (deploy.onnxrt.semantic_session), so the result does not depend on this CPU."""
-    from alexnet_deploy.deploy.onnxrt import cpu_session, run_batches, semantic_session
+    from alexnet_deploy.deploy.onnx.sessions import cpu_session, run_batches, semantic_session
 
     session = semantic_session(model_path) if semantic else cpu_session(model_path)
     return run_batches(session, images, batch_size)

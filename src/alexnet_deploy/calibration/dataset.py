@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.bundle.npz import load_npz
-from alexnet_deploy.deploy.files import atomic_write_bytes
+from alexnet_deploy.deploy.bundle.files import atomic_write_bytes
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, list_class_folder, load_image, resize_and_crop
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import BundleError, CalibrationError, DataError

@@ -17,9 +17,9 @@ import numpy as np
 
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, make_artifact, verify_artifact
 from alexnet_deploy.deploy.bundle.npz import load_npz
-from alexnet_deploy.deploy.files import atomic_path
-from alexnet_deploy.deploy.onnxrt import run_batches, semantic_session
-from alexnet_deploy.deploy.verify import INT8_REFERENCE_FILE, REFERENCE_FILE
+from alexnet_deploy.deploy.bundle.files import atomic_path
+from alexnet_deploy.deploy.onnx.sessions import run_batches, semantic_session
+from alexnet_deploy.deploy.evaluate.verify import INT8_REFERENCE_FILE, REFERENCE_FILE
 from alexnet_deploy.errors import BundleError
 
 log = logging.getLogger(__name__)

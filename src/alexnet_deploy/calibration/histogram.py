@@ -141,7 +141,7 @@ def collect(model_path: str | os.PathLike, images: np.ndarray, batch_size: int =
     ``progress`` counts the batches (stage ``activations``)."""
     import onnx
 
-    from alexnet_deploy.deploy.onnxrt import cpu_session
+    from alexnet_deploy.deploy.onnx.sessions import cpu_session
 
     # One shape inference (seconds on AlexNet's 240 MB) serves both the tensor list and the outputs.
     model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))

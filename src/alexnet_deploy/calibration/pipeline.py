@@ -19,7 +19,7 @@ from alexnet_deploy.calibration.report import (REPORT_NAME, BudgetNotMet, Calibr
                                                write_report)
 from alexnet_deploy.deploy.bundle import (Manifest, Staging, make_artifact, read_manifest, transaction, verify_artifact,
                                           write_manifest)
-from alexnet_deploy.deploy.files import atomic_write_bytes
+from alexnet_deploy.deploy.bundle.files import atomic_write_bytes
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import CalibrationError, DataError
@@ -65,7 +65,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike, *, calib_dir: str | os.PathL
     methods, sensitivity, budget) as work advances. Without ``calib_dir``
     calibration is refused unless ``allow_random`` (stamped ``random: true`` in the manifest).
     ``weight_bits`` 7 (default) gives a model every CPU computes correctly; 8 is for TensorRT or
-    CPUs with VNNI/AMX/ARM int8 dot products only (see deploy/cpu.py). Accuracy is measured on the
+    CPUs with VNNI/AMX/ARM int8 dot products only (see deploy/platform/cpu.py). Accuracy is measured on the
     Q/DQ model's own semantics, and those logits on the bundle's golden inputs are stored in
     ``reference.int8.npz`` for ``verify`` to judge a device's int8 kernels against.
     """

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from alexnet_deploy.deploy.graph_lrn import PREFIX as LRN_REWRITE_PREFIX
+from alexnet_deploy.deploy.onnx.lrn import PREFIX as LRN_REWRITE_PREFIX
 from alexnet_deploy.errors import CalibrationError, MissingDependency
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges:
     """Write the symmetric int8 Q/DQ model; ``ranges`` maps activation name -> threshold T
     (quantized on [-T, T]); nodes named in ``keep_float`` stay fp32. ``weight_bits`` 7 stores the
     weights on [-64, 64] (int8 type, zero point 0): correct on every CPU's int8 kernels; 8 uses the
-    full [-127, 127], which x86 CPUs without VNNI compute wrongly (see deploy/cpu.py)."""
+    full [-127, 127], which x86 CPUs without VNNI compute wrongly (see deploy/platform/cpu.py)."""
     if weight_bits not in WEIGHT_BITS:
         raise CalibrationError(f"--weight-bits {weight_bits!r}: expected one of {', '.join(map(str, WEIGHT_BITS))}")
     onnx, method, fmt, qtype, quantize_static, tensor_data, tensors_data, save = _import_quantization()
@@ -133,7 +133,7 @@ def write_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ranges:
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise CalibrationError(f"ONNX Runtime could not quantize {fp32_path}: "
                                    f"{exc.__class__.__name__}: {exc}") from exc
-        from alexnet_deploy.deploy.files import atomic_write_bytes
+        from alexnet_deploy.deploy.bundle.files import atomic_write_bytes
 
         model = onnx.load(str(tmp_out))
         float_outputs(model)
@@ -268,7 +268,7 @@ def optimized_op_types(model_path: str | os.PathLike) -> list[str]:
     """Op types in ONNX Runtime's CPU-optimized graph of the model (what actually runs)."""
     import onnx
 
-    from alexnet_deploy.deploy.onnxrt import import_ort, session_options
+    from alexnet_deploy.deploy.onnx.sessions import import_ort, session_options
 
     ort = import_ort()
     with tempfile.TemporaryDirectory(prefix="alexnet-deploy-opt.") as tmp:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from alexnet_deploy.deploy.files import atomic_write_text
+from alexnet_deploy.deploy.bundle.files import atomic_write_text
 from alexnet_deploy.errors import CalibrationError
 
 REPORT_NAME = "calibration_report.json"

@@ -74,7 +74,7 @@ def _check_outputs(bundle: Path, report_file: Path | None) -> None:
     before the slow part."""
     from alexnet_deploy.deploy.bundle import read_manifest
     from alexnet_deploy.deploy.bundle.paths import refuse_inside
-    from alexnet_deploy.deploy.files import check_writable
+    from alexnet_deploy.deploy.bundle.files import check_writable
 
     read_manifest(bundle)
     check_writable(bundle, "BUNDLE", directory=True)

@@ -82,8 +82,8 @@ def verify_cmd(bundle: Path, backends: tuple[str, ...], precisions: tuple[str, .
 
     from alexnet_deploy.cli.progress import progress_renderer
     from alexnet_deploy.deploy.bundle.paths import refuse_inside
-    from alexnet_deploy.deploy.files import atomic_write_text, check_writable
-    from alexnet_deploy.deploy.verify import verify_bundle
+    from alexnet_deploy.deploy.bundle.files import atomic_write_text, check_writable
+    from alexnet_deploy.deploy.evaluate.verify import verify_bundle
 
     if json_out:
         refuse_inside(json_out, bundle, "--json")
@@ -133,7 +133,7 @@ def pack_cmd(bundle: Path, out: Path, with_engines: bool, overwrite: bool) -> No
     """Check BUNDLE and write it as one archive to copy to a device."""
     from alexnet_deploy.deploy.bundle.archive import pack_bundle
     from alexnet_deploy.deploy.bundle.paths import refuse_inside
-    from alexnet_deploy.deploy.files import check_writable
+    from alexnet_deploy.deploy.bundle.files import check_writable
 
     refuse_inside(out, bundle, "-o")
     check_writable(out, "-o")

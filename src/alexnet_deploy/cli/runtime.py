@@ -105,10 +105,10 @@ def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_
     Exit 1 when a row failed (e.g. a checksum, a wrong --checkpoint) or no backend could run; rows
     that are merely unavailable here (no GPU, no TensorRT) do not fail the run."""
     from alexnet_deploy.cli.progress import progress_renderer
-    from alexnet_deploy.deploy import bench as lib
-    from alexnet_deploy.deploy.bench_report import write_csv, write_json, write_plots
+    from alexnet_deploy.deploy.evaluate import bench as lib
+    from alexnet_deploy.deploy.evaluate.report import write_csv, write_json, write_plots
     from alexnet_deploy.deploy.bundle.paths import refuse_inside
-    from alexnet_deploy.deploy.files import check_writable
+    from alexnet_deploy.deploy.bundle.files import check_writable
 
     # Checked before the run: a bench can take minutes, and its results must not be lost at the end.
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot_dir, "--plot")):
@@ -155,7 +155,7 @@ def _exit_on_failure(report) -> None:
         sys.exit(1)
 
 def _cv_warn(report) -> float:
-    from alexnet_deploy.deploy.timing import CV_WARN
+    from alexnet_deploy.deploy.evaluate.timing import CV_WARN
 
     return float(report.config.get("cv_warn", CV_WARN))
 
@@ -207,8 +207,8 @@ def bench_diff(old, new, max_latency_regress, max_acc_drop) -> None:
     """Compare two bench JSONs row by row (backend, precision, batch); exit 1 on a regression."""
     from rich.table import Table
 
-    from alexnet_deploy.deploy.bench_report import read_report
-    from alexnet_deploy.deploy.compare import diff_reports
+    from alexnet_deploy.deploy.evaluate.report import read_report
+    from alexnet_deploy.deploy.evaluate.compare import diff_reports
 
     diffs = diff_reports(read_report(old)["rows"], read_report(new)["rows"],
                          max_latency_regress_pct=max_latency_regress, max_acc_drop_pts=max_acc_drop)

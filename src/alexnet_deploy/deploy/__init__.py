@@ -11,7 +11,7 @@ Embedding API::
 Backends (torch, onnxruntime, tensorrt) are imported only when one is constructed.
 """
 
-from alexnet_deploy.deploy.backend import BACKENDS, Backend, Prediction, load
+from alexnet_deploy.deploy.backends.base import BACKENDS, Backend, Prediction, load
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, load_image, preprocess, preprocess_threaded, softmax, top_k
 
 __all__ = ["BACKENDS", "Backend", "Prediction", "load", "PreprocessSpec", "load_image", "preprocess",

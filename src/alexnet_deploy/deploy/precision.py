@@ -10,8 +10,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alexnet_deploy.deploy.compare import Threshold, Tolerance
+import numpy as np
+
 from alexnet_deploy.errors import AlexNetDeployError
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Minimum top-1 agreement and mean cosine similarity with a reference's logits (device checks)."""
+
+    min_agreement: float
+    min_cosine: float
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Thresholds: logits may differ by ``atol + rtol * max|reference|``; cosine per row at least
+    ``min_cosine``; top-1 agreement on decisive rows at least ``min_top1``."""
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    min_top1: float = 1.0
+
+    def limit(self, reference: np.ndarray) -> float:
+        scale = float(np.abs(reference).max()) if reference.size else 0.0
+        return self.atol + self.rtol * scale
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_deploy.deploy.compare import Parity, Tolerance, require_parity
-from alexnet_deploy.deploy.files import atomic_path
-from alexnet_deploy.deploy.onnxrt import cpu_logits, cpu_session
+from alexnet_deploy.deploy.evaluate.compare import Parity, Tolerance, require_parity
+from alexnet_deploy.deploy.bundle.files import atomic_path
+from alexnet_deploy.deploy.onnx.sessions import cpu_logits, cpu_session
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.errors import MissingDependency
 

@@ -4,7 +4,7 @@ The graph comes from ``torch.onnx.export(dynamo=True)`` at a pinned opset (torch
 default exporter; the legacy TorchScript one fails on AdaptiveAvgPool2d when the feature map is
 not 6x6). Input ``input`` (N,3,S,S) with a dynamic batch axis, output ``logits``; each LRN is
 exported as one ONNX ``LRN`` node (export/torch_lrn.py) and then, by default, rewritten into the
-banded 1x1-conv form that runs fast on every CPU runtime (deploy/graph_lrn.py; ``lrn="native"``
+banded 1x1-conv form that runs fast on every CPU runtime (deploy/onnx/lrn.py; ``lrn="native"``
 keeps the node). The graph is checked (opset, names, dynamic batch, LRN count, onnx.checker) and
 its logits compared with PyTorch's on ONNX Runtime before anything is written.
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_deploy.deploy.compare import check_parity, require_parity
-from alexnet_deploy.deploy.graph_lrn import FORMULATIONS as GRAPH_FORMULATIONS
-from alexnet_deploy.deploy.graph_lrn import rewrite_lrn
+from alexnet_deploy.deploy.evaluate.compare import check_parity, require_parity
+from alexnet_deploy.deploy.onnx.lrn import FORMULATIONS as GRAPH_FORMULATIONS
+from alexnet_deploy.deploy.onnx.lrn import rewrite_lrn
 from alexnet_deploy.deploy.lazy import optional
-from alexnet_deploy.deploy.onnxrt import cpu_logits
+from alexnet_deploy.deploy.onnx.sessions import cpu_logits
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.precision import PRECISIONS
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
@@ -46,7 +46,7 @@ class OnnxOptions:
 
 
 def lrn_formulations() -> tuple[str, ...]:
-    """LRN formulations this install can export: torch-side ones, plus graph rewrites (deploy/graph_lrn.py)."""
+    """LRN formulations this install can export: torch-side ones, plus graph rewrites (deploy/onnx/lrn.py)."""
     from alexnet_deploy.export.torch_lrn import FORMULATIONS
 
     return tuple(dict.fromkeys([*FORMULATIONS, *GRAPH_FORMULATIONS]))

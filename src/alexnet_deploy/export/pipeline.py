@@ -24,15 +24,15 @@ from alexnet_deploy.calibration import calibrate_staged
 from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS
 from alexnet_deploy.deploy.bundle import (Manifest, Staging, TensorSpec, make_artifact, read_manifest, transaction,
                                           write_manifest)
-from alexnet_deploy.deploy.files import atomic_path
-from alexnet_deploy.deploy.onnxrt import cpu_logits
+from alexnet_deploy.deploy.bundle.files import atomic_path
+from alexnet_deploy.deploy.onnx.sessions import cpu_logits
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, note
-from alexnet_deploy.deploy.system import package_versions
+from alexnet_deploy.deploy.platform.system import package_versions
 from alexnet_deploy.deploy.trt.builder import tensorrt_available
 from alexnet_deploy.deploy.trt.engines import BuildOptions, build_engines_staged
-from alexnet_deploy.deploy.verify import REFERENCE_FILE
+from alexnet_deploy.deploy.evaluate.verify import REFERENCE_FILE
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
 from alexnet_deploy.export import fp16
 from alexnet_deploy.export import inputs as vinputs
@@ -61,7 +61,7 @@ class ExportConfig:
     num_classes: int | None = None
     engines: bool = True
     simplify: bool = True
-    # "conv": the banded 1x1-conv rewrite (deploy/graph_lrn.py), faster on every CPU runtime than the
+    # "conv": the banded 1x1-conv rewrite (deploy/onnx/lrn.py), faster on every CPU runtime than the
     # native node with identical outputs (docs/lrn.md); "native" keeps one ONNX LRN node per layer.
     lrn: str = "conv"
     verify_count: int = 32

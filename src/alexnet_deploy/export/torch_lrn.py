@@ -5,7 +5,7 @@ markedly slower than one ONNX ``LRN`` node (docs/lrn.md) and which some converte
 Each formulation here is a function that returns an export-time replacement module for one LRN
 layer; ``FORMULATIONS`` maps the name recorded in the manifest (``export.lrn``) to it. Faster
 graph-level formulations (e.g. ``"conv"``: a banded 1x1 convolution for the cross-channel sum) are
-ONNX rewrites of the native ``LRN`` node in ``deploy/graph_lrn.py`` (``rewrite_lrn``); ``export/onnx.py``
+ONNX rewrites of the native ``LRN`` node in ``deploy/onnx/lrn.py`` (``rewrite_lrn``); ``export/onnx.py``
 exports native and then applies that rewrite for any name not listed here.
 
 Conventions checked numerically in tests/test_export_onnx.py: torch's LocalResponseNorm and ONNX

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_deploy.deploy.bundle import Artifact, Manifest, read_manifest, verify_artifact
-from alexnet_deploy.deploy.files import atomic_path, atomic_write_text
+from alexnet_deploy.deploy.bundle.files import atomic_path, atomic_write_text
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import BundleError, ExportError
 

@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend
+from alexnet_deploy.deploy.backends.base import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
-from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
-from alexnet_deploy.deploy.onnxrt import import_ort, load_session, session_options
-from alexnet_deploy.deploy.cuda import cuda_device_count
+from alexnet_deploy.deploy.platform.cpu import refuse_unsafe_int8
+from alexnet_deploy.deploy.onnx.sessions import import_ort, load_session, session_options
+from alexnet_deploy.deploy.platform.cuda import cuda_device_count
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ _MAKE_HINT = {
 class OrtBackend(Backend):
     """ONNX Runtime session over ``model[.fp16|.int8].onnx``; ``provider`` is cpu, cuda or tensorrt.
 
-    An int8 model whose weights this CPU's kernels would saturate (see deploy/cpu.py) is refused
+    An int8 model whose weights this CPU's kernels would saturate (see deploy/platform/cpu.py) is refused
     unless ``allow_unsafe_int8`` (for demonstrating the failure, e.g. against verify's oracle)."""
 
     name = "ort"

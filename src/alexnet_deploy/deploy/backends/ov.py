@@ -9,7 +9,7 @@ us with OpenVINO compares runtimes, not models. Two OpenVINO defaults are overri
 - LRN: OpenVINO's own LRN kernel is faster than the banded-conv formulation that makes ONNX Runtime
   fast (batch 1 int8 8.0 vs 10.9 ms, batch 32 168 vs 184 ms in benchmarks/cpu_latency.py), so with
   ``lrn="native"`` (the default) a bundle exported with ``--lrn conv`` gets its native ``LRN`` nodes
-  back before compiling (deploy/graph_lrn.py restore_lrn; same numbers). Needs the ``onnx`` package;
+  back before compiling (deploy/onnx/lrn.py restore_lrn; same numbers). Needs the ``onnx`` package;
   without it the model runs as exported.
 - Dynamic batch: the ONNX has a dynamic batch axis; a model compiled for a static shape runs faster
   on the CPU plugin, so one compiled model is kept per batch size seen (compiled on first use, at
@@ -23,10 +23,10 @@ import os
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend
+from alexnet_deploy.deploy.backends.base import Backend
 from alexnet_deploy.deploy.bundle import verify_artifact
-from alexnet_deploy.deploy.cpu import refuse_unsafe_int8
-from alexnet_deploy.deploy.graph_lrn import PREFIX, restore_lrn
+from alexnet_deploy.deploy.platform.cpu import refuse_unsafe_int8
+from alexnet_deploy.deploy.onnx.lrn import PREFIX, restore_lrn
 from alexnet_deploy.deploy.lazy import optional, require
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 
@@ -50,7 +50,7 @@ class OvBackend(Backend):
     ``hint``: OpenVINO performance hint ("latency" = one stream, all threads on one request);
     ``threads``: INFERENCE_NUM_THREADS (None = OpenVINO's choice); ``inference_precision``:
     "f32" (default, exact) or "bf16" (faster on CPUs with bf16 units, less exact). An int8 model
-    this CPU's kernels would saturate is refused unless ``allow_unsafe_int8`` (see deploy/cpu.py).
+    this CPU's kernels would saturate is refused unless ``allow_unsafe_int8`` (see deploy/platform/cpu.py).
     """
 
     name = "ov"

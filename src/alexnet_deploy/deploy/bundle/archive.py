@@ -37,7 +37,7 @@ from typing import BinaryIO, Iterator
 from alexnet_deploy.deploy.bundle import tarstream
 from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, Manifest, read_manifest, safe_path, verify_artifacts
 from alexnet_deploy.deploy.bundle.transaction import transaction
-from alexnet_deploy.deploy.files import atomic_path, public_dir_mode, sha256_file
+from alexnet_deploy.deploy.bundle.files import atomic_path, public_dir_mode, sha256_file
 from alexnet_deploy.errors import BundleError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from alexnet_deploy.deploy.files import atomic_write_text, sha256_file
+from alexnet_deploy.deploy.bundle.files import atomic_write_text, sha256_file
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import BundleError
@@ -240,8 +240,23 @@ def make_artifact(bundle: str | os.PathLike, relative: str, kind: str, precision
     """Describe an existing file of the bundle (computes sha256 and size)."""
     path = safe_path(bundle, relative)
     return Artifact.from_dict({"file": relative, "kind": kind, "precision": precision,
-                               "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                               "sha256": file_sha256(path), "bytes": path.stat().st_size,
                                "built_with": built_with or {}})
+
+
+# (device, inode, size, mtime_ns, ctime_ns) of a file -> its sha256, for files hashed in this process.
+# Any write, rename over or chmod changes ctime, so a changed file is always hashed again; an
+# unchanged one is hashed once however many steps (verify, bench, each backend) check it.
+_HASHED: dict[tuple[int, int, int, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, computed once per version of the file in this process."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
 
 
 def verify_artifact(bundle: str | os.PathLike, artifact: Artifact) -> Path:
@@ -249,7 +264,7 @@ def verify_artifact(bundle: str | os.PathLike, artifact: Artifact) -> Path:
     path = safe_path(bundle, artifact.file)
     if not path.is_file():
         raise BundleError(f"{artifact.file}: listed in the manifest but missing from {bundle}")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != artifact.sha256:
         raise BundleError(f"{artifact.file}: sha256 mismatch (manifest {artifact.sha256[:12]}…, file {actual[:12]}…); "
                           "the file was modified or corrupted: re-copy or re-export the bundle")

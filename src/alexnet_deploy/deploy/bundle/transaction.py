@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, is_bundle, read_manifest
-from alexnet_deploy.deploy.files import check_writable, public_dir_mode
+from alexnet_deploy.deploy.bundle.files import check_writable, public_dir_mode
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
 STAGING_SUFFIX = ".staging"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend
+from alexnet_deploy.deploy.backends.base import Backend
 from alexnet_deploy.deploy.bundle import safe_path, verify_artifact
-from alexnet_deploy.deploy.files import sha256_file
-from alexnet_deploy.deploy.cuda import check as cuda_call
-from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
+from alexnet_deploy.deploy.bundle.files import sha256_file
+from alexnet_deploy.deploy.platform.cuda import check as cuda_call
+from alexnet_deploy.deploy.platform.cuda import gpu_info, import_cudart
 from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
-from alexnet_deploy.deploy.cuda import GpuInfo, gpu_info
-from alexnet_deploy.deploy.files import atomic_write_bytes, atomic_write_text, sha256_file
+from alexnet_deploy.deploy.platform.cuda import GpuInfo, gpu_info
+from alexnet_deploy.deploy.bundle.files import atomic_write_bytes, atomic_write_text, sha256_file
 from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.deploy.trt.routes import BuildRoute, has_builder_flag, choose_route, network_flags, trt_major
 from alexnet_deploy.errors import BackendUnavailable, ExportError, MissingDependency

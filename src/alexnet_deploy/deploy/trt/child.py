@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from alexnet_deploy.deploy.bundle import read_manifest
-from alexnet_deploy.deploy.cuda import check as cuda_check
-from alexnet_deploy.deploy.cuda import gpu_info, import_cudart
+from alexnet_deploy.deploy.platform.cuda import check as cuda_check
+from alexnet_deploy.deploy.platform.cuda import gpu_info, import_cudart
 from alexnet_deploy.deploy.precision import NAMES
-from alexnet_deploy.deploy.system import mem_available
+from alexnet_deploy.deploy.platform.system import mem_available
 from alexnet_deploy.deploy.trt import import_tensorrt
 from alexnet_deploy.deploy.trt.builder import build_engine
 from alexnet_deploy.deploy.trt.routes import choose_route

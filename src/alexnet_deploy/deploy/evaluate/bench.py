@@ -25,16 +25,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from alexnet_deploy.deploy.backend import Backend, backend_class, check_manifest_against_models, resolve_backend
+from alexnet_deploy.deploy.backends.base import Backend, backend_class, check_manifest_against_models, resolve_backend
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.bundle.npz import load_npz
-from alexnet_deploy.deploy.compare import Accuracy, compare_logits
+from alexnet_deploy.deploy.evaluate.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.precision import precision as precision_row
 from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
-from alexnet_deploy.deploy.system import system_facts
-from alexnet_deploy.deploy.timing import CV_WARN, LatencyStats, latency_stats, measure
+from alexnet_deploy.deploy.platform.system import system_facts
+from alexnet_deploy.deploy.evaluate.timing import CV_WARN, LatencyStats, latency_stats, measure
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataError
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from alexnet_deploy.deploy.precision import Threshold, Tolerance
 from alexnet_deploy.errors import AlexNetDeployError, ExportError
 
 
@@ -60,29 +61,6 @@ def compare_logits(logits: np.ndarray, labels: np.ndarray | None = None,
 
 
 # ---- thresholds and export parity -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Threshold:
-    """Minimum top-1 agreement and mean cosine similarity with a reference's logits (device checks)."""
-
-    min_agreement: float
-    min_cosine: float
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Thresholds: logits may differ by ``atol + rtol * max|reference|``; cosine per row at least
-    ``min_cosine``; top-1 agreement on decisive rows at least ``min_top1``."""
-
-    atol: float
-    rtol: float
-    min_cosine: float
-    min_top1: float = 1.0
-
-    def limit(self, reference: np.ndarray) -> float:
-        scale = float(np.abs(reference).max()) if reference.size else 0.0
-        return self.atol + self.rtol * scale
-
 
 @dataclass(frozen=True)
 class Parity:

@@ -32,10 +32,10 @@ import numpy as np
 
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.bundle.npz import load_npz
-from alexnet_deploy.deploy.compare import Threshold, compare_logits, cosine_rows
-from alexnet_deploy.deploy.cpu import CpuFeatures
-from alexnet_deploy.deploy.cpu import detect as detect_cpu
-from alexnet_deploy.deploy.model_facts import ModelFacts, manifest_mismatches, onnx_metadata_props, read_model_facts
+from alexnet_deploy.deploy.evaluate.compare import Threshold, compare_logits, cosine_rows
+from alexnet_deploy.deploy.platform.cpu import CpuFeatures
+from alexnet_deploy.deploy.platform.cpu import detect as detect_cpu
+from alexnet_deploy.deploy.onnx.facts import ModelFacts, manifest_mismatches, onnx_metadata_props, read_model_facts
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, resize_and_crop, to_chw_float
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
@@ -233,7 +233,7 @@ def run_golden(bundle: Path, reference: Reference, backend: str, precision: str,
                thresholds: dict[str, Threshold]) -> list[Check]:
     """The golden inputs through one backend/precision, judged against the torch logits (int8:
     against the int8 model's own semantics, plus an information row against torch)."""
-    from alexnet_deploy.deploy.backend import load
+    from alexnet_deploy.deploy.backends.base import load
 
     target = f"{backend} {precision}"
     try:

@@ -27,7 +27,7 @@ import numpy as np
 from alexnet_deploy.deploy.bundle import Manifest, read_manifest, safe_path, verify_artifact
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import one_ahead, preprocess_kept, softmax
-from alexnet_deploy.deploy.model_facts import ModelFacts, manifest_mismatches, onnx_metadata_props
+from alexnet_deploy.deploy.onnx.facts import ModelFacts, manifest_mismatches, onnx_metadata_props
 from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, BundleError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from alexnet_deploy.deploy.cpu import detect as detect_cpu
-from alexnet_deploy.deploy.cuda import gpu_facts
+from alexnet_deploy.deploy.platform.cpu import detect as detect_cpu
+from alexnet_deploy.deploy.platform.cuda import gpu_facts
 
 log = logging.getLogger(__name__)
 

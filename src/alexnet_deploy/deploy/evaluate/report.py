@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from alexnet_deploy.deploy.bench import ROW_FIELDS, BenchReport, BenchRow
-from alexnet_deploy.deploy.files import atomic_path, atomic_write_text
+from alexnet_deploy.deploy.evaluate.bench import ROW_FIELDS, BenchReport, BenchRow
+from alexnet_deploy.deploy.bundle.files import atomic_path, atomic_write_text
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import AlexNetDeployError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alexnet_deploy.deploy.bundle import Manifest
 from alexnet_deploy.deploy.lazy import optional
-from alexnet_deploy.deploy.onnxrt import import_ort
+from alexnet_deploy.deploy.onnx.sessions import import_ort
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import BackendUnavailable, BundleError
 
