@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def test_killed_calibrate_leaves_the_old_bundle_or_the_new_one(bundle: Path, tmp
     assert _old_or_new(bundle, old) == "new" and _debris(tmp_path) == []
     assert {k: v for k, v in _digests(bundle).items() if k != "calibration_report.json"} == \
         {k: v for k, v in calibrated.items() if k != "calibration_report.json"}
+    print(f"calibrate kills ({signal.Signals(sig).name}; fraction of a run, exit code, bundle):", seen)
     assert any(state == "old" for _, _, state in seen), f"no kill landed before the commit: {seen}"
 
 
@@ -350,3 +352,111 @@ def test_an_unusable_cache_location_is_one_clear_line(bundle: Path, tmp_path: Pa
     result = _cli("calibrate", str(bundle), "--calib", str(tmp_path / "images"),
                   env={"ALEXNET_DEPLOY_CACHE_MAX_GIB": "nan", "ALEXNET_DEPLOY_CACHE": str(tmp_path / "c")})
     assert result.returncode == 1 and "ALEXNET_DEPLOY_CACHE_MAX_GIB='nan'" in result.stderr
+
+
+# ---- 3, continued: real kills of unpack and export -------------------------------------------------
+
+def _padded_archive(bundle: Path, path: Path, padding_mb: int) -> Path:
+    """A packed bundle plus an unlisted member of zeros, so that extraction takes long enough to be
+    interrupted at many moments (unlisted members are extracted, then dropped)."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for rel in ["manifest.json"] + [a.file for a in read_manifest(bundle).artifacts]:
+            tar.add(bundle / rel, arcname=rel)
+        info = tarfile.TarInfo("zz-padding.bin")
+        info.size = padding_mb << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_unpack_over_a_bundle_leaves_old_or_new(bundle: Path, tmp_path: Path, sig: int) -> None:
+    other = tiny_bundle(tmp_path / "other", classes=4, fp16=False)
+    archive = _padded_archive(other, tmp_path / "new.tar.gz", 192)
+    dest = tmp_path / "dest"
+    assert unpack_bundle(pack_bundle(bundle, tmp_path / "old.tar.gz").path, dest) == dest
+    old = _digests(dest)
+    cmd = [sys.executable, "-m", "alexnet_deploy", "unpack", str(archive), str(dest), "--overwrite"]
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - start
+    new = _digests(dest)
+    assert new != old
+    shutil.rmtree(dest)
+    unpack_bundle(tmp_path / "old.tar.gz", dest)
+    outcomes = []
+    for fraction in (0.3, 0.5, 0.7, 0.85, 1.0):
+        code = _run_and_kill(cmd, duration * fraction, sig)
+        state = "old" if _digests(dest) == old else "new" if _digests(dest) == new else "MIXED"
+        outcomes.append((fraction, code, state))
+        assert state != "MIXED", outcomes
+        if sig == signal.SIGTERM:
+            assert _debris(tmp_path) == [], outcomes
+        if state == "new":
+            break
+    print(f"unpack kills ({signal.Signals(sig).name}; fraction of a run, exit code, bundle):", outcomes)
+    assert any(state == "old" for _, _, state in outcomes), outcomes
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert _digests(dest) == new and _debris(tmp_path) == []
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    torch = pytest.importorskip("torch")
+    from alexnet_deploy.alexnet.checkpoint import save_checkpoint
+    from alexnet_deploy.alexnet.model import build_model
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+    from conftest import PIPELINE_WIDTH
+
+    torch.manual_seed(seed)
+    model = build_model("alexnet2012", num_classes=3, width=PIPELINE_WIDTH)
+    return save_checkpoint(path, model=model, arch="alexnet2012", classes=("class_0", "class_1", "class_2"),
+                           preprocess=PreprocessSpec(resize=72, crop=64), config={}, epoch=0, metrics={})
+
+
+@pytest.mark.slow
+def test_killed_reexport_over_a_verified_bundle_leaves_old_or_new(tmp_path: Path) -> None:
+    from conftest import write_image_folder
+
+    calib = write_image_folder(tmp_path / "calib", classes=3, per_class=12, size=80)
+    val = write_image_folder(tmp_path / "val", classes=3, per_class=4, size=80, seed=1)
+    first, second = _checkpoint(tmp_path / "a.pt", 1), _checkpoint(tmp_path / "b.pt", 2)
+    out = tmp_path / "bundle"
+
+    def export(checkpoint: Path) -> list[str]:
+        return [sys.executable, "-m", "alexnet_deploy", "export", str(checkpoint), "--out", str(out), "--fp16",
+                "--int8", "--calib", str(calib), "--verify-data", str(val), "--no-engine", "--no-simplify", "--verify-count", "4"]
+
+    env = {**os.environ, "ALEXNET_DEPLOY_CACHE": str(tmp_path / "cache")}
+
+    def state() -> str:
+        """Which export the bundle is, judged by its model files and its manifest together."""
+        if not out.exists():
+            return "none"
+        manifest = read_manifest(out)
+        verify_artifacts(out, manifest)   # the manifest always describes the files beside it
+        models = {k: v for k, v in _digests(out).items() if k.endswith((".onnx", ".npz"))}
+        source = manifest.provenance["checkpoint_sha256"]
+        return ("old" if (models, source) == (old, sha256_file(first)) else
+                "new" if (models, source) == (new, sha256_file(second)) else "MIXED")
+
+    assert subprocess.run(export(first), capture_output=True, timeout=600, env=env).returncode == 0
+    old = {k: v for k, v in _digests(out).items() if k.endswith((".onnx", ".npz"))}
+    start = time.monotonic()
+    assert subprocess.run(export(second), capture_output=True, timeout=600, env=env).returncode == 0
+    duration = time.monotonic() - start
+    new = {k: v for k, v in _digests(out).items() if k.endswith((".onnx", ".npz"))}
+    assert subprocess.run(export(first), capture_output=True, timeout=600, env=env).returncode == 0
+    assert state() == "old", "the same checkpoint exports to the same model files"
+    outcomes = []
+    for fraction, sig in ((0.2, signal.SIGKILL), (0.5, signal.SIGTERM), (0.8, signal.SIGKILL), (0.95, signal.SIGTERM)):
+        code = _run_and_kill(export(second), duration * fraction, sig)
+        outcomes.append((fraction, signal.Signals(sig).name, code, state()))
+        assert outcomes[-1][-1] in ("old", "new"), outcomes
+        if outcomes[-1][-1] == "new":
+            break
+    print("export kills (fraction of a run, signal, exit code, bundle):", outcomes)
+    assert any(s == "old" for *_, s in outcomes), outcomes
+    retry = subprocess.run(export(second), capture_output=True, text=True, timeout=600, env=env)
+    assert retry.returncode == 0, retry.stderr
+    assert state() == "new" and _debris(tmp_path) == []
+    verify = _cli("verify", str(out), "--backend", "ort")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
