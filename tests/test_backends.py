@@ -124,6 +124,14 @@ def test_classify_uses_the_manifest_preprocessing(bundle, tmp_path_factory):
 def test_auto_picks_the_best_that_runs_here(bundle):
     with load(bundle) as model:  # no GPU, no TensorRT here: trt and ort-cuda are skipped with reasons
         assert model.name == "ort" and model.provider == "CPUExecutionProvider"
+        assert model.chosen.startswith("auto picked ort-cpu for fp32: ONNX Runtime")
+        assert "not available here: trt, ort-cuda" in model.chosen
+
+
+def test_auto_picks_openvino_for_int8_on_a_cpu_where_it_is_installed(tmp_path_factory):
+    pytest.importorskip("openvino")
+    with load(runtime_bundle.int8_bundle(tmp_path_factory), precision="int8") as model:
+        assert model.name == "ov" and "OpenVINO" in model.chosen
 
 
 def test_cuda_request_is_refused_not_silently_run_on_cpu(bundle):
@@ -220,7 +228,7 @@ def test_trt_conformance_on_stand_in(stand_ins, trt_bundle, reference, version, 
     allocated = fake_cudart.live_allocations()
     inputs, ref_logits = reference
     with load(trt_bundle, backend="trt", precision=precision) as model:
-        assert model.is_gpu and f"TensorRT {version}" in model.provider
+        assert f"TensorRT {version}" in model.provider
         _check_against_reference(model, inputs, ref_logits, precision)
         _check_rejects_bad_batches(model, inputs)
         assert fake_cudart.live_allocations() == allocated + 4  # pinned + device, input + output

@@ -131,6 +131,8 @@ def _predict(source, images, topk, arch, num_classes, backend, skipped):
 
     options = _load_options(source, backend, arch, num_classes)
     with load(source, backend=backend or "auto", **options) as model:
+        if model.chosen:
+            click.echo(model.chosen, err=True)
         return model.classify(image_files(images), topk=topk, skipped=skipped)
 
 

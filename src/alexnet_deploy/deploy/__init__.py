@@ -3,7 +3,7 @@
 Embedding API::
 
     from alexnet_deploy.deploy import load
-    model = load("bundle/")                       # best available: trt > ort-cuda > ort-cpu
+    model = load("bundle/")                       # the fastest runtime here for the precision (AUTO_ORDER)
     for p in model.classify(["cat.jpg", "dog.jpg"], topk=3):
         print(p.label, p.probability, p.topk)
     logits = model.infer(batch)                   # float32 NCHW -> float32 logits
@@ -12,7 +12,7 @@ Backends (torch, onnxruntime, tensorrt) are imported only when one is constructe
 """
 
 from alexnet_deploy.deploy.backends.base import BACKENDS, Backend, Prediction, load
-from alexnet_deploy.deploy.preprocess import PreprocessSpec, load_image, preprocess, preprocess_threaded, softmax, top_k
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, load_image, preprocess, preprocess_threaded, softmax
 
 __all__ = ["BACKENDS", "Backend", "Prediction", "load", "PreprocessSpec", "load_image", "preprocess",
-           "preprocess_threaded", "softmax", "top_k"]
+           "preprocess_threaded", "softmax"]

@@ -244,13 +244,6 @@ def list_class_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
     return classes, samples
 
 
-def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """Per row, the ``k`` most probable (class name, probability) pairs, best first."""
-    k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 for stable probabilities, returned as float32."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
@@ -338,5 +331,5 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "PreprocessSpec", "is_image_file",
     "load_image", "resize_and_crop", "to_chw_float", "preprocess", "preprocess_threaded", "preprocess_kept", "one_ahead", "image_files",
     "list_class_folder",
-    "top_k", "softmax",
+    "softmax",
 ]

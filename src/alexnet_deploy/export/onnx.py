@@ -62,6 +62,7 @@ class OnnxExport:
     simplified: bool
     pools: tuple[str, ...] = ()
     parity: dict[str, Any] = field(default_factory=dict)
+    logits: Any = None  # ONNX Runtime's logits of ``model`` on the verification inputs (np.ndarray)
 
 
 def torch_forward(model, inputs: np.ndarray, image_size: int | None, batch: int = 16) -> np.ndarray:
@@ -91,8 +92,8 @@ def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_l
     lrn_nodes = sum(1 for n in proto.graph.node if n.op_type == "LRN")  # after any graph rewrite
     _set_metadata(proto, metadata)
     _full_check(proto, "exported model")
-    result = require_parity(torch_logits, cpu_logits(proto, inputs), _FP32,
-                            f"fp32 ONNX vs PyTorch ({EXPORTER}, opset {opts.opset})")
+    logits = cpu_logits(proto, inputs)
+    result = require_parity(torch_logits, logits, _FP32, f"fp32 ONNX vs PyTorch ({EXPORTER}, opset {opts.opset})")
     report = {"onnx_vs_torch": result.to_dict()}
     simplified = False
     if opts.simplify:
@@ -100,15 +101,16 @@ def export_onnx(model, crop: int, opts: OnnxOptions, inputs: np.ndarray, torch_l
         if slim is not None:
             _set_metadata(slim, metadata)
             _full_check(slim, "simplified model")
-            check = check_parity(torch_logits, cpu_logits(slim, inputs), _FP32)
+            slim_logits = cpu_logits(slim, inputs)
+            check = check_parity(torch_logits, slim_logits, _FP32)
             report["simplified_vs_torch"] = check.to_dict()
             if check.passed:
-                proto, simplified = slim, True
+                proto, simplified, logits = slim, True, slim_logits
             else:
                 log.warning("onnxslim changed the model's outputs (%s); keeping the unsimplified export",
                             check.failure("simplified ONNX", _FP32))
     return OnnxExport(model=proto, lrn_nodes=lrn_nodes, lrn_layers=lrn_count, simplified=simplified, parity=report,
-                      pools=tuple(pools))
+                      pools=tuple(pools), logits=logits)
 
 
 def _torch_export(model, crop: int, opts: OnnxOptions):

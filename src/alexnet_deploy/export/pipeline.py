@@ -25,7 +25,6 @@ from alexnet_deploy.calibration.qdq import DEFAULT_WEIGHT_BITS
 from alexnet_deploy.deploy.bundle import (Manifest, Staging, TensorSpec, make_artifact, read_manifest, transaction,
                                           write_manifest)
 from alexnet_deploy.deploy.bundle.files import atomic_path
-from alexnet_deploy.deploy.onnx.sessions import cpu_logits
 from alexnet_deploy.deploy.precision import NAMES, PRECISIONS
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.deploy.progress import ProgressCallback, note
@@ -151,7 +150,7 @@ def _export_into(checkpoint: Path, staging: Staging, cfg: ExportConfig,
     results = {"fp32": fp32}
     if cfg.fp16:
         note(progress, "export", "converting to fp16 (overflow guard, parity vs fp32)")
-        results["fp16"] = _export_fp16(out, vset.inputs)
+        results["fp16"] = fp16.convert(out / MODEL_FILE, out / FP16_FILE, vset.inputs, fp32.logits)
     _write_reference(out / REFERENCE_FILE, vset, torch_logits)
     manifest = build_manifest(out, ckpt, spec, cfg, vset, results)
     write_manifest(out, manifest)
@@ -185,11 +184,6 @@ def _save_onnx(proto, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-
-
-def _export_fp16(out: Path, inputs: np.ndarray):
-    fp32_logits = cpu_logits(out / MODEL_FILE, inputs)
-    return fp16.convert(out / MODEL_FILE, out / FP16_FILE, inputs, fp32_logits)
 
 
 def _write_reference(path: Path, vset: vinputs.VerificationSet, logits: np.ndarray) -> None:

@@ -145,8 +145,6 @@ class TrtBackend(Backend):
     """A TensorRT plan built on this device for the bundle's ``precision`` (fp32/fp16/int8 ONNX)."""
 
     name = "trt"
-    is_gpu = True
-
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", **options) -> None:
         for ignored in ("checkpoint", "provider", "allow_unsafe_int8"):
             options.pop(ignored, None)
