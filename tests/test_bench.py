@@ -190,7 +190,7 @@ def test_user_errors(bundle, images, tmp_path):
         run_bench(bundle, BenchConfig(backends=("tensorflow",)))
     runtime_bundle.write_image_folder(tmp_path / "other", classes=1, per_class=1)
     (tmp_path / "other" / "class_0").rename(tmp_path / "other" / "zebra")
-    with pytest.raises(DataError, match="'zebra'.*not among the bundle's classes"):
+    with pytest.raises(DataError, match="'zebra'.*not among the model's classes"):
         run_bench(bundle, BenchConfig(backends=("ort",), data=str(tmp_path / "other")))
     with pytest.raises(AlexNetDeployError, match="not a bench JSON"):
         (tmp_path / "bad.json").write_text("{}")

@@ -188,7 +188,7 @@ def test_bundle_without_fp32_model_is_refused(setup, tmp_path: Path) -> None:
 def test_val_classes_must_match_the_model(setup, tmp_path: Path) -> None:
     bundle, images = setup
     other = write_image_folder(tmp_path / "other", classes=4, per_class=3, size=32)
-    with pytest.raises(DataError, match="not classes of this model"):
+    with pytest.raises(DataError, match="not among the model's classes"):
         calibrate_bundle(bundle, calib_dir=images, val_dir=other, num_images=8)
 
 

@@ -21,6 +21,7 @@ from alexnet_deploy.deploy.bundle import (Manifest, Staging, make_artifact, read
                                           write_manifest)
 from alexnet_deploy.deploy.bundle.files import atomic_write_bytes
 from alexnet_deploy.deploy.precision import PRECISIONS
+from alexnet_deploy.deploy.dataset import class_index
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.errors import CalibrationError, DataError
 
@@ -223,12 +224,8 @@ def _no_evaluation(request: _Request, note: str) -> tuple[None, list[str]]:
 
 
 def _map_labels(val: dataset.CalibrationSet, classes: tuple[str, ...]) -> np.ndarray:
-    unknown = sorted(set(val.classes) - set(classes))
-    if unknown:
-        raise DataError(f"{val.root}: class folders {unknown[:5]} are not classes of this model "
-                        f"({len(classes)} classes, e.g. {list(classes[:3])}); the folder names must match")
-    index = np.asarray([classes.index(name) for name in val.classes])
-    return index[val.labels]
+    index = class_index(val.root, val.classes, classes, "the folder names must match the model's classes")
+    return np.asarray(index)[val.labels]
 
 
 def _try_methods(request: _Request, fp32_path: Path, work: Path, histograms, evaluation,

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from alexnet_deploy.deploy.preprocess import (PreprocessSpec, is_image_file, list_class_folder, load_image,
-                                              resize_and_crop, to_chw_float)
+from alexnet_deploy.deploy.dataset import LabelledFolder, round_robin
+from alexnet_deploy.deploy.preprocess import PreprocessSpec, is_image_file, load_image, resize_and_crop, to_chw_float
 from alexnet_deploy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,25 +43,6 @@ def _normalized(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.stack([to_chw_float(Image.fromarray(crop), spec) for crop in crops])
 
 
-def _spread(samples: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
-    """Up to ``count`` samples taken round-robin over classes, so every class is represented."""
-    by_class: dict[int, list[tuple[Path, int]]] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
-    picked, depth = [], 0
-    while len(picked) < count and any(depth < len(v) for v in by_class.values()):
-        picked.extend(v[depth] for _, v in sorted(by_class.items()) if depth < len(v))
-        depth += 1
-    return picked[:count]
-
-
-def _label_map(folder_classes: Sequence[str], model_classes: Sequence[str]) -> dict[int, int] | None:
-    index = {name: i for i, name in enumerate(model_classes)}
-    if not set(folder_classes) <= set(index):
-        return None
-    return {i: index[name] for i, name in enumerate(folder_classes)}
-
-
 def from_folder(folder: str | os.PathLike, spec: PreprocessSpec, model_classes: Sequence[str],
                 count: int, source: str) -> VerificationSet:
     """Up to ``count`` images from a class folder (``<class>/<images>``) or a flat folder of images."""
@@ -70,13 +51,15 @@ def from_folder(folder: str | os.PathLike, spec: PreprocessSpec, model_classes: 
         raise DataError(f"{folder}: not a directory; --verify-data expects an image folder")
     has_classes = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
     if has_classes:
-        folder_classes, samples = list_class_folder(folder)
-        picked = _spread(samples, count)
-        mapping = _label_map(folder_classes, model_classes)
-        if mapping is None:
+        labelled = LabelledFolder.scan(folder)
+        picked = round_robin(labelled.samples, count)
+        labels = None
+        if labelled.unknown_classes(model_classes):
             log.warning("%s: class folders %s do not match the model's classes; parity is checked "
-                        "without labels", folder, folder_classes[:5])
-        labels = None if mapping is None else np.array([mapping[i] for _, i in picked], dtype=np.int64)
+                        "without labels", folder, list(labelled.classes[:5]))
+        else:
+            index = labelled.model_index(model_classes, "")
+            labels = np.array([index[i] for _, i in picked], dtype=np.int64)
     else:
         files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
         if not files:

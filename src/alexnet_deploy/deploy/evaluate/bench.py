@@ -31,7 +31,8 @@ from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.evaluate.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.precision import precision as precision_row
-from alexnet_deploy.deploy.preprocess import list_class_folder, preprocess_kept, preprocess_threaded
+from alexnet_deploy.deploy.dataset import LabelledFolder, round_robin
+from alexnet_deploy.deploy.preprocess import preprocess_kept, preprocess_threaded
 from alexnet_deploy.deploy.progress import ProgressCallback, Tally
 from alexnet_deploy.deploy.platform.system import system_facts
 from alexnet_deploy.deploy.evaluate.timing import CV_WARN, LatencyStats, latency_stats, measure
@@ -133,18 +134,9 @@ class EvalSet:
 def load_eval_set(data: str | os.PathLike, manifest: Manifest, max_images: int | None = None,
                   workers: int | None = None, strict: bool = False) -> EvalSet:
     """A labelled folder (class sub-folders named like manifest.classes), class-balanced when capped."""
-    folder_classes, samples = list_class_folder(data)
-    unknown = [c for c in folder_classes if c not in manifest.classes]
-    if unknown:
-        raise DataError(f"{data}: class folders {unknown[:5]} are not among the bundle's classes "
-                        f"{list(manifest.classes)[:10]}; --data needs folders named like manifest.json classes")
-    by_class: dict[int, list[Path]] = {}
-    for path, index in samples:
-        by_class.setdefault(manifest.classes.index(folder_classes[index]), []).append(path)
-    # Round-robin over classes so a cap keeps the classes balanced; the order is deterministic.
-    longest = max(len(v) for v in by_class.values())
-    picked = [(paths[i], c) for i in range(longest) for c, paths in sorted(by_class.items()) if i < len(paths)]
-    picked = picked[:max_images] if max_images else picked
+    samples = LabelledFolder.scan(data).relabelled(manifest.classes, "--data needs folders named like the "
+                                                                     "bundle's classes (manifest.json)")
+    picked = round_robin(samples, max_images)
     try:
         inputs, kept, bad = preprocess_kept([p for p, _ in picked], manifest.preprocess, workers=workers,
                                             skip=not strict)
