@@ -15,9 +15,11 @@ torchvision's downloaded ``alexnet`` weights, or one saved from ``nn.DataParalle
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -60,9 +62,11 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, cla
                     preprocess: PreprocessSpec, config: Mapping[str, Any], epoch: int,
                     metrics: Mapping[str, Any], optimizer_state: dict | None = None,
                     scheduler_state: dict | None = None, scaler_state: dict | None = None,
-                    rng_state: dict | None = None) -> Path:
+                    rng_state: dict | None = None, history: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write a checkpoint atomically (a killed run never leaves a half-written file).
-    The width is read from the model, so it always matches the saved weights."""
+    The width is read from the model, so it always matches the saved weights. ``history`` (every
+    epoch's metrics row so far) makes ``last.pt`` the one commit point of a run: resume reads the
+    history from it, so no epoch can be lost or doubled between the checkpoint and metrics.jsonl."""
     model = getattr(model, "module", model)  # unwrap DDP / DataParallel
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {
@@ -78,12 +82,30 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, cla
         "width": float(getattr(model, "width", 1.0)),  # torchvision's own class (width 1.0) has none
     }
     optional = {"optimizer_state": optimizer_state, "scheduler_state": scheduler_state,
-                "scaler_state": scaler_state, "rng_state": rng_state}
+                "scaler_state": scaler_state, "rng_state": rng_state,
+                "history": None if history is None else plain([dict(row) for row in history])}
     payload.update({k: v for k, v in optional.items() if v is not None})
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (RuntimeError, OSError) as exc:
+        raise _write_error(path, exc) from exc
     return path
+
+
+def _write_error(path: Path, exc: BaseException) -> CheckpointError:
+    """torch.save reports a full disk as RuntimeError("[enforce fail at inline_container.cc] ... file
+    write failed"): say which file, that the disk is full, and that the previous one is kept."""
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+    # torch's C++ writer words it "file write failed" or "unexpected pos A vs B"; what they share is
+    # a file system with (next to) no room left.
+    full = (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or (isinstance(exc, RuntimeError) and free is not None and free < (64 << 20)))
+    if full:
+        return CheckpointError(f"{path}: the disk is full ({free or 0} bytes free); the previous {path.name} "
+                               "is unchanged. Free some space and continue with --resume")
+    return CheckpointError(f"{path}: cannot write the checkpoint ({exc}); the previous {path.name} is unchanged")
 
 
 def plain(value: Any) -> Any:

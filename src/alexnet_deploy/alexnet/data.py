@@ -147,7 +147,8 @@ class StreamedSet:
 
 
 def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None,
-                   val_split: float | None = None, seed: int = 0, max_per_class: int | None = None) -> Splits:
+                   val_split: float | None = None, seed: int = 0, max_per_class: int | None = None,
+                   strict: bool = False) -> Splits:
     """Find train/val samples: ``data/train`` + ``data/val``, or ``data`` + ``val``, or a stratified
     seeded ``val_split`` of ``data``. ``max_per_class`` caps each class (seeded random subset) of
     every scanned folder before any split."""
@@ -156,10 +157,10 @@ def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None
         raise DataError("pass either --val DIR or --val-split F, not both")
     if val is None and val_split is None and (data / "train").is_dir() and (data / "val").is_dir():
         data, val = data / "train", data / "val"
-    classes, train = list_class_folder(data)
+    classes, train = list_class_folder(data, strict)
     train = _cap(train, max_per_class, seed)
     if val is not None:
-        val_classes, val_samples = list_class_folder(val)
+        val_classes, val_samples = list_class_folder(val, strict)
         if val_classes != classes:
             raise DataError(f"{val}: class folders {val_classes} differ from {data}: {classes}")
         return Splits(tuple(classes), tuple(train), tuple(_cap(val_samples, max_per_class, seed)),

@@ -8,9 +8,11 @@ the same name, with the epoch as the step, so a dashboard can be checked against
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,25 @@ METRIC_FIELDS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "v
 
 
 def read_history(out: Path, upto: int) -> list[dict]:
+    """Epochs 1..``upto`` of ``out/metrics.jsonl``, for checkpoints written before they carried their
+    own history. Lines a crash left unreadable (a truncated last line) are skipped with a warning;
+    each epoch is kept once, the last row written for it winning."""
     path = out / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row["epoch"] <= upto]
+    rows: dict[int, dict] = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            epoch = int(row["epoch"])
+        except (ValueError, TypeError, KeyError):
+            if line.strip():
+                log.warning("%s line %d is not a metrics row (a crash can truncate the last line); skipped",
+                            path, number)
+            continue
+        if 1 <= epoch <= upto:
+            rows[epoch] = row
+    return [rows[e] for e in sorted(rows)]
 
 
 def metrics_csv(history: list[dict]) -> str:
@@ -73,7 +89,7 @@ class RunLog:
         self.logger = logging.getLogger("alexnet_deploy")
         self.old_level = self.logger.level
         shown = self.logger.getEffectiveLevel()
-        self.handler = logging.FileHandler(out / "train.log")
+        self.handler = logging.StreamHandler(_open_log(out / "train.log"))
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.INFO)
         self.console_filter = lambda record: not record.name.startswith("alexnet_deploy") or record.levelno >= shown
@@ -89,6 +105,20 @@ class RunLog:
         for console in self.consoles:
             console.removeFilter(self.console_filter)
         self.handler.close()
+        self.handler.stream.close()   # a StreamHandler leaves its stream open
+
+
+def _open_log(path: Path):
+    """``path`` opened for appending, refusing a symbolic link: a link planted in --out would make
+    the run append its log to a file outside it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AlexNetDeployError(f"{path}: is a symbolic link (to {os.readlink(path)}); a run's log is "
+                                     "never written through a link: remove it or choose another --out") from None
+        raise AlexNetDeployError(f"{path}: cannot write the run's log ({exc.strerror or exc})") from exc
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class ExternalLoggers:

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -63,7 +63,8 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     torch.manual_seed(config.seed)
     loggers = ExternalLoggers(config, out) if dist.main else None  # fail fast on a missing package
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
-    splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class)
+    splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class,
+                            strict=config.strict)
     train_set, val_set = _decode_splits(config, splits, spec, progress)
     model = build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout,
                         width=config.width).to(dist.device)
@@ -71,13 +72,16 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.startswith("cuda"))
-    start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out)
+    start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out, splits.classes)
     torch.manual_seed(config.seed * 1_000 + dist.rank + start)  # dropout stream (resume restores it)
     _restore_rng(rng if dist.main else None)  # only rank 0's state is saved
     wrapped = wrap_ddp(model, dist)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_partial_writes(out)
         atomic_write_text(out / "config.toml", config_to_toml(config))
+        if history:   # the views of a resumed run start as its checkpoint's history says
+            write_metrics(out, history)
         note(progress, "train", f"{splits.source}: {len(train_set)} train / {len(val_set)} val images, "
                                 f"{len(splits.classes)} classes; writing {out}")
     clock = time.perf_counter() - (history[-1]["elapsed_seconds"] if history else 0.0)
@@ -103,13 +107,24 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     return out
 
 
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "metrics.csv", "curves.png", "config.toml")
+
+
+def _remove_partial_writes(out: Path) -> None:
+    """Temporary files of the run's own atomic writes that a killed run left (``.last.pt.*.tmp``):
+    never read, so removing them only tidies the folder."""
+    for name in RUN_FILES:
+        for partial in out.glob(f".{name}.*.tmp"):
+            partial.unlink(missing_ok=True)
+
+
 def check_run_dir(out: Path, config: TrainConfig) -> None:
     """Before any work: --out must be a directory this process can write, and must not hold an
     earlier run unless it is being resumed or --overwrite was given (its checkpoints would be
     silently replaced)."""
     if out.exists() and not out.is_dir():
         raise AlexNetDeployError(f"--out {out}: exists and is not a directory; choose a run directory")
-    previous = [name for name in ("best.pt", "last.pt", "metrics.jsonl") if (out / name).exists()]
+    previous = [name for name in RUN_FILES[:3] if (out / name).exists()]
     if previous and not config.resume and not config.overwrite:
         raise AlexNetDeployError(f"--out {out}: holds an earlier run ({', '.join(previous)}); continue it with "
                                  f"--resume {out / 'last.pt'}, choose a new --out, or pass --overwrite")
@@ -307,7 +322,7 @@ def _restore_rng(state: dict | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
+def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path, classes: Sequence[str]):
     """Restore model/optimizer/scheduler/scaler from ``config.resume``;
     returns (start epoch, best val top-1, metrics history, saved RNG state)."""
     if not config.resume:
@@ -328,11 +343,24 @@ def _maybe_resume(config, model, optimizer, scheduler, scaler, out: Path):
     _load_schedule(config, scheduler, raw["scheduler_state"])
     if "scaler_state" in raw:
         scaler.load_state_dict(raw["scaler_state"])
-    # Metrics of the earlier epochs: from --out, or from the resumed run's directory when --out is new.
-    history = read_history(out, ckpt.epoch) or read_history(Path(config.resume).parent, ckpt.epoch)
+    _check_same_classes(config, ckpt.classes, classes)
+    # Metrics of the earlier epochs: the checkpoint's own (one commit with its weights); for
+    # checkpoints older than that, metrics.jsonl of --out or of the resumed run's directory.
+    history = [dict(row) for row in raw["history"]] if raw.get("history") is not None else (
+        read_history(out, ckpt.epoch) or read_history(Path(config.resume).parent, ckpt.epoch))
     best = max((row["val_top1"] for row in history), default=float("-inf"))
     log.info("resumed %s at epoch %d", config.resume, ckpt.epoch)
     return ckpt.epoch, best, history, raw.get("rng_state")
+
+
+def _check_same_classes(config: TrainConfig, trained: Sequence[str], found: Sequence[str]) -> None:
+    """A resumed run must see the classes it was trained on, in the same order: other folders with
+    the same count would silently relabel every image and make the checkpoint's labels lie."""
+    if list(trained) != list(found):
+        differ = [f"{a!r}->{b!r}" for a, b in zip(trained, found) if a != b][:3]
+        raise CheckpointError(f"--resume {config.resume}: was trained on classes {list(trained)[:6]}, but --data "
+                              f"{config.data} has {list(found)[:6]} ({', '.join(differ) or 'another count'}); "
+                              "resume with the run's original data")
 
 
 def _load_schedule(config: TrainConfig, scheduler, state: dict) -> None:
@@ -354,13 +382,17 @@ def _schedule_signature(state: dict) -> tuple:
 
 
 def _write_epoch(config, out, model, classes, spec, row, history, optimizer, scheduler, scaler) -> None:
+    """best.pt, then last.pt (the commit: it carries the whole history), then the views derived from
+    the history (metrics.jsonl/csv, curves.png). A kill before last.pt is replaced resumes from the
+    previous epoch and re-runs this one exactly, rewriting the same best.pt; a kill after it only
+    loses views that resume rewrites from last.pt."""
     common = dict(model=model, arch=config.arch, classes=classes, preprocess=spec, config=config.to_dict(),
                   epoch=row["epoch"], metrics=row)
-    save_checkpoint(out / "last.pt", **common, optimizer_state=optimizer.state_dict(),
-                    scheduler_state=scheduler.state_dict(), scaler_state=scaler.state_dict(),
-                    rng_state=_rng_state())
     if row["val_top1"] >= row["best_val_top1"]:
         save_checkpoint(out / "best.pt", **common)
+    save_checkpoint(out / "last.pt", **common, optimizer_state=optimizer.state_dict(),
+                    scheduler_state=scheduler.state_dict(), scaler_state=scaler.state_dict(),
+                    rng_state=_rng_state(), history=history)
     write_metrics(out, history)
     log.info("epoch %d: %s", row["epoch"], json.dumps(row))
 

@@ -9,6 +9,7 @@ runtime commands on a device) never import torch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -33,11 +34,16 @@ class _Group(click.Group):
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except Terminated:
-            click.echo("Error: terminated (SIGTERM); nothing half-written was kept", err=True)
+            click.echo("Error: terminated (SIGTERM)", err=True)
             sys.exit(143)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {_os_error_line(exc)}", err=True)
+            sys.exit(1)
         except Exception as exc:  # noqa: BLE001 - last line of defence: no tracebacks without --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -57,6 +63,14 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError that no command turned into its own message: the file, and for a full disk, the fix."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full{where}; free some space and run the command again"
+    return f"unexpected {exc.__class__.__name__}: {exc.strerror or exc}{where} (run with --debug for the traceback)"
 
 
 class Terminated(KeyboardInterrupt):

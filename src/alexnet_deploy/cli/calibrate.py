@@ -116,6 +116,8 @@ def print_report(console, report) -> None:
 def _print_outcome(console, report) -> None:
     from rich.markup import escape
 
+    from alexnet_deploy.calibration import dataset
+
     if report.random:
         console.print("[bold red]RANDOM CALIBRATION: accuracy of this int8 model is meaningless.[/]")
     int8 = report.int8
@@ -124,6 +126,9 @@ def _print_outcome(console, report) -> None:
     if report.kept_float:
         summary += f"; kept in float: {', '.join(report.kept_float)}"
     console.print(summary)
+    if report.cache_hit:   # the same folder, count, seed and preprocessing as an earlier run
+        console.print(f"calibration images: {report.num_images} from cache (key {report.cache_key[:12]}, "
+                      f"{dataset.default_cache_dir()}); change a file, --num-images or --seed to re-sample")
     kernels = ", ".join(f"{k}×{v}" for k, v in report.int8_kernels.items()) or "none"
     seconds = report.timings.get("calibration_seconds", 0)
     console.print(f"ORT CPU int8 kernels: {kernels}; calibration took {seconds:.1f} s"

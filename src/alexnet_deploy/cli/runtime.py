@@ -205,20 +205,21 @@ def _print_notes(console, report) -> None:
               help="Fail when a row's top-1 drops by more than this many points.")
 def bench_diff(old, new, max_latency_regress, max_acc_drop) -> None:
     """Compare two bench JSONs row by row (backend, precision, batch); exit 1 on a regression."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from alexnet_deploy.deploy.evaluate.report import read_report
     from alexnet_deploy.deploy.evaluate.compare import diff_reports
+    from alexnet_deploy.deploy.evaluate.report import read_report
 
     diffs = diff_reports(read_report(old)["rows"], read_report(new)["rows"],
                          max_latency_regress_pct=max_latency_regress, max_acc_drop_pts=max_acc_drop)
-    table = Table(title=f"bench-diff {old} → {new}")
+    table = Table(title=escape(f"bench-diff {old} → {new}"))
     for name in ("backend", "precision", "batch", "p50 old", "p50 new", "Δ %", "top-1 old", "top-1 new", "Δ pts",
                  "verdict"):
         table.add_column(name, justify="left" if name in ("backend", "precision", "verdict") else "right")
     for d in diffs:
-        verdict = "[red]" + "; ".join(d.regressions) + "[/]" if d.regressions else (d.note or "ok")
-        table.add_row(d.key[0], d.key[1], str(d.key[2]), _fmt(d.old_p50_ms), _fmt(d.new_p50_ms),
+        verdict = "[red]" + escape("; ".join(d.regressions)) + "[/]" if d.regressions else (d.note or "ok")
+        table.add_row(escape(d.key[0]), escape(d.key[1]), str(d.key[2]), _fmt(d.old_p50_ms), _fmt(d.new_p50_ms),
                       _fmt(d.latency_change_pct, "+.1f"), _fmt(d.old_top1, ".2f", 100), _fmt(d.new_top1, ".2f", 100),
                       _fmt(d.top1_change_pts, "+.2f"), verdict)
     console = _console()

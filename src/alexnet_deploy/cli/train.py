@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -78,9 +80,36 @@ def train(config_file: str | None, **flags: Any) -> None:
         raise click.UsageError("--data is required (on the command line or in --config)")
     config = TrainConfig(**values)
     rows: list[dict] = []
-    with progress_renderer() as render:
-        out = run_training(config, _keeping_metrics(render, rows))
+    started = time.time()
+    try:
+        with progress_renderer() as render:
+            out = run_training(config, _keeping_metrics(render, rows))
+    except KeyboardInterrupt:   # Ctrl-C, or SIGTERM from timeout/systemd/docker/Slurm
+        _stopped_line(config, started)
+        raise
     _summary(rows, out)
+
+
+def _stopped_line(config, started: float) -> None:
+    """The last thing an interrupted run says: what is saved and how to go on."""
+    last = Path(config.out) / "last.pt"
+    epoch = _checkpoint_epoch(last) if last.is_file() and last.stat().st_mtime >= started else None
+    if epoch is not None:
+        click.echo(f"stopped: {last} holds epoch {epoch}; continue with "
+                   f"`alexnet-deploy train ... --resume {last}`", err=True)
+    elif config.resume:
+        click.echo(f"stopped before an epoch ended; {config.resume} is unchanged", err=True)
+    else:
+        click.echo("stopped before the first epoch ended; no checkpoint was written", err=True)
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - only a hint in the last line; the checkpoint is checked on --resume
+        return None
 
 
 def _keeping_metrics(render, rows: list[dict]):
@@ -133,7 +162,7 @@ def _predict(source, images, topk, arch, num_classes, backend, skipped):
     with load(source, backend=backend or "auto", **options) as model:
         if model.chosen:
             click.echo(model.chosen, err=True)
-        return model.classify(image_files(images), topk=topk, skipped=skipped)
+        return model.classify(image_files(images, strict=skipped is None), topk=topk, skipped=skipped)
 
 
 def _load_options(source: str, backend: str | None, arch: str | None, num_classes: int | None) -> dict:

@@ -29,9 +29,10 @@ class LabelledFolder:
     samples: tuple[Sample, ...]
 
     @classmethod
-    def scan(cls, root: str | os.PathLike) -> "LabelledFolder":
-        """List ``root``; DataError naming it when it has no class folders or an empty one."""
-        classes, samples = list_class_folder(root)
+    def scan(cls, root: str | os.PathLike, strict: bool = False) -> "LabelledFolder":
+        """List ``root``; DataError naming it when it has no class folders or an empty one
+        (unreadable sub-folders: see ``list_class_folder``)."""
+        classes, samples = list_class_folder(root, strict)
         return cls(Path(root), tuple(classes), tuple(samples))
 
     def unknown_classes(self, model_classes: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ exactly (Pillow does the resampling in both cases; the arithmetic is float32 in 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from alexnet_deploy.errors import DataError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -222,26 +225,48 @@ def _name(item: Any) -> str:
     return str(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__}>"
 
 
-def list_class_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+def list_class_folder(root: str | os.PathLike, strict: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
     """Scan an image folder with one sub-folder per class.
 
     Returns (class names sorted, [(path, class index)] sorted). Hidden entries and non-image
-    files are ignored; a class folder with no images is an error naming it.
-    """
+    files are ignored; a class folder with no images, or one that cannot be read, is an error naming
+    it. A sub-folder inside a class that cannot be read is skipped with a warning naming it, like an
+    unreadable image (``strict``: an error instead)."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory; expected an image folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        if not root.is_dir():
+            raise DataError(f"{root}: not a directory; expected an image folder with one sub-folder per class")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:   # e.g. a folder above it that this user may not enter
+        raise DataError(f"{root}: cannot read the folder ({exc.strerror or exc})") from exc
     if not classes:
         raise DataError(f"{root}: no class sub-folders; expected {root}/<class>/<image files>")
     samples: list[tuple[Path, int]] = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not os.access(root / name, os.R_OK | os.X_OK):
+            raise DataError(f"{root / name}: class folder cannot be read (permission denied)")
+        files = _images_under(root / name, strict)
         if not files:
             raise DataError(f"{root / name}: class folder has no images")
         samples.extend((p, index) for p in files)
     return classes, samples
+
+
+def _images_under(folder: Path, strict: bool) -> list[Path]:
+    """Image files below ``folder``, sorted, hidden entries skipped; unreadable sub-folders are
+    skipped with a warning naming them, or raise DataError when ``strict``."""
+    def unreadable(exc: OSError) -> None:
+        if strict:
+            raise DataError(f"{exc.filename}: cannot read this folder ({exc.strerror}); --strict stops at "
+                            "unreadable folders")
+        log.warning("skipping unreadable folder %s (%s)", exc.filename, exc.strerror)
+
+    found = []
+    for parent, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(parent) / f for f in files
+                     if not f.startswith(".") and is_image_file(Path(parent) / f) and (Path(parent) / f).is_file())
+    return sorted(found)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -308,8 +333,9 @@ def one_ahead(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
             yield pending.result()
 
 
-def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given plus, for each directory, its image files (recursive, sorted, hidden skipped).
+def image_files(inputs: Sequence[str | os.PathLike], strict: bool = False) -> list[Path]:
+    """Files as given plus, for each directory, its image files (recursive, sorted, hidden skipped;
+    an unreadable sub-folder is skipped with a warning naming it, or an error when ``strict``).
 
     Raises DataError naming a path that does not exist, or when nothing was found.
     """
@@ -318,8 +344,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         if item.is_file():
             found.append(item)
         elif item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p)
-                                and not any(part.startswith(".") for part in p.relative_to(item).parts)))
+            found.extend(_images_under(item, strict))
         else:
             raise DataError(f"{item}: no such image file or directory")
     if not found:

@@ -91,6 +91,16 @@ def _check_shapes(manifest: Manifest) -> None:
                               "dynamic first dimension (-1) and fixed positive others")
 
 
+def _check_labels(classes) -> None:
+    """labels.txt has one label per line and no escaping: a class name holding a line break (or
+    empty) would shift every later label in Triton's answers, so it is refused, shown as repr."""
+    for index, name in enumerate(classes):
+        if not name or len(name.splitlines()) != 1 or name != name.splitlines()[0]:
+            raise ExportError(f"class {index} {name!r}: Triton's labels.txt holds one label per line and cannot "
+                              "represent a name with a line break (or an empty one); rename the class folder "
+                              "and re-train, or serve without labels")
+
+
 def export_triton(bundle: str | os.PathLike, out: str | os.PathLike, *, backend: str = "onnxruntime",
                   precision: str = "fp32", max_batch: int | None = None, model_name: str | None = None,
                   queue_delay_us: int = 100) -> TritonExport:
@@ -100,6 +110,7 @@ def export_triton(bundle: str | os.PathLike, out: str | os.PathLike, *, backend:
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     _check_shapes(manifest)
+    _check_labels(manifest.classes)
     name = model_name or f"alexnet_{precision}"
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"--model-name {name!r}: must be a plain directory name")

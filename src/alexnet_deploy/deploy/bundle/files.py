@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,3 +113,38 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused (naming it) when over ``max_bytes``: checked
+    while reading, so a device or a growing file cannot make it read without end."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise AlexNetDeployError(f"{path}: not a regular file; expected {what}")
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise AlexNetDeployError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if len(data) > max_bytes:
+        raise AlexNetDeployError(f"{path}: larger than {max_bytes >> 20} MiB, more than any real {what}")
+    return data
+
+
+def strict_json_loads(raw: bytes) -> object:
+    """json.loads that refuses NaN/Infinity and integers of more than 20 digits (Python would spend
+    quadratic time converting a huge literal); raises ValueError (bad UTF-8, bad JSON, those) or
+    RecursionError (nesting deep enough to exhaust the parser)."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int)
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from alexnet_deploy.deploy.bundle.files import atomic_write_text, sha256_file
+from alexnet_deploy.deploy.bundle.files import atomic_write_text, sha256_file, strict_json_loads
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
 from alexnet_deploy.errors import BundleError
@@ -199,23 +199,11 @@ def parse_manifest_json(where: str | os.PathLike, raw: bytes) -> Any:
     """Strict json.loads: every failure (bad UTF-8, bad JSON, NaN/Infinity, an integer too long to
     convert, nesting deep enough to exhaust the parser's recursion) becomes a BundleError naming ``where``."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int)
-    except (UnicodeDecodeError, ValueError) as exc:   # JSONDecodeError is a ValueError
+        return strict_json_loads(raw)
+    except ValueError as exc:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BundleError(f"{where}: not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise BundleError(f"{where}: JSON nested too deeply to be a manifest") from exc
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _bounded_int(text: str) -> int:
-    # No count, size or version in a manifest needs more than 20 digits; Python would otherwise
-    # spend quadratic time converting a huge literal (and refuses past 4,300 digits anyway).
-    if len(text.lstrip("-")) > 20:
-        raise ValueError(f"integer of {len(text)} digits")
-    return int(text)
 
 
 def is_bundle(directory: str | os.PathLike) -> bool:

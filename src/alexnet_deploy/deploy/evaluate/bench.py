@@ -134,7 +134,7 @@ class EvalSet:
 def load_eval_set(data: str | os.PathLike, manifest: Manifest, max_images: int | None = None,
                   workers: int | None = None, strict: bool = False) -> EvalSet:
     """A labelled folder (class sub-folders named like manifest.classes), class-balanced when capped."""
-    samples = LabelledFolder.scan(data).relabelled(manifest.classes, "--data needs folders named like the "
+    samples = LabelledFolder.scan(data, strict).relabelled(manifest.classes, "--data needs folders named like the "
                                                                      "bundle's classes (manifest.json)")
     picked = round_robin(samples, max_images)
     try:

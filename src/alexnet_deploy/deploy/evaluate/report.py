@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from alexnet_deploy.deploy.evaluate.bench import ROW_FIELDS, BenchReport, BenchRow
-from alexnet_deploy.deploy.bundle.files import atomic_path, atomic_write_text
+from alexnet_deploy.deploy.bundle.files import atomic_path, atomic_write_text, read_bounded, strict_json_loads
 from alexnet_deploy.deploy.lazy import require
 from alexnet_deploy.errors import AlexNetDeployError
 
@@ -38,19 +39,62 @@ def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+# A bench of every backend x precision x batch is a few hundred kB.
+MAX_REPORT_BYTES = 64 << 20
+ROW_STATUSES = ("ok", "unavailable", "failed")
+
+
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """A bench JSON written by write_json; a clear error naming the file otherwise."""
+    """A bench JSON written by write_json, its size bounded before reading and every field a diff
+    reads checked; anything else is one error naming the file and the field."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_bounded(path, MAX_REPORT_BYTES, "bench JSON")
     except FileNotFoundError as exc:
         raise AlexNetDeployError(f"{path}: not found; write one with "
                                  f"`alexnet-deploy bench BUNDLE --json {path}`") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AlexNetDeployError(f"{path}: not a bench JSON ({exc})") from exc
+    try:
+        data = strict_json_loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise AlexNetDeployError(f"{path}: not a bench JSON ({str(exc)[:200] or 'nested too deeply'})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise AlexNetDeployError(f"{path}: not a bench JSON (expected an object with a 'rows' list)")
+    for index, row in enumerate(data["rows"]):
+        problem = row_problem(row)
+        if problem:
+            raise AlexNetDeployError(f"{path}: rows[{index}]{problem}; not a well-formed bench report")
     return data
+
+
+def row_problem(row: Any) -> str | None:
+    """What makes ``row`` unusable for a comparison (as '.field: why'), or None."""
+    if not isinstance(row, dict):
+        return f": expected an object, got {type(row).__name__}"
+    for name in ("backend", "precision"):
+        if not isinstance(row.get(name), str) or not row[name] or len(row[name]) > 100:
+            return f".{name} = {str(row.get(name))[:40]!r}: expected a name"
+    batch = row.get("batch")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        return f".batch = {str(batch)[:40]!r}: expected a positive integer"
+    if row.get("status") not in ROW_STATUSES:
+        return f".status = {str(row.get('status'))[:40]!r}: expected one of {', '.join(ROW_STATUSES)}"
+    if row["status"] == "ok":
+        for name in ("p50_ms",):
+            if not _positive(row.get(name)):
+                return f".{name} = {str(row.get(name))[:40]!r}: expected a positive number of milliseconds"
+    for name in ("top1", "top5", "agreement"):
+        value = row.get(name)
+        if value is not None and not (_number(value) and 0.0 <= value <= 1.0):
+            return f".{name} = {str(value)[:40]!r}: expected a fraction in [0, 1] or null"
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
 
 
 def write_plots(report: BenchReport, out_dir: str | os.PathLike) -> list[Path]:
