@@ -288,3 +288,28 @@ def test_config_is_frozen():
         TrainConfig(data="x").epochs = 3  # type: ignore[misc]
 
 
+
+
+def test_sync_free_steps_give_the_same_run(tiny_data, tmp_path, monkeypatch):
+    """Statistics kept on the device and read every 4 steps (as on a GPU) give the same weights and the
+    same metrics as reading them every step (the CPU's default)."""
+    import alexnet_deploy.alexnet.train as train_module
+
+    every_step = train(_config(tiny_data, tmp_path / "each", epochs=2))
+    monkeypatch.setattr(train_module, "sync_interval", lambda device: 4)
+    batched = train(_config(tiny_data, tmp_path / "batched", epochs=2))
+    rows = [[json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            for out in (every_step, batched)]
+    for a, b in zip(*rows):
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "grad_norm"):
+            assert a[key] == b[key], key
+    for key, value in load_checkpoint(every_step / "last.pt").model.state_dict().items():
+        assert torch.equal(value, load_checkpoint(batched / "last.pt").model.state_dict()[key]), key
+
+
+def test_a_diverging_run_stops_within_one_sync_interval(tiny_data, tmp_path, monkeypatch):
+    import alexnet_deploy.alexnet.train as train_module
+
+    monkeypatch.setattr(train_module, "sync_interval", lambda device: 100)   # longer than the epoch
+    with pytest.raises(AlexNetDeployError, match="training diverged"):
+        train(_config(tiny_data, tmp_path / "nan", epochs=1, lr=1e30, clip_grad=0.0))

@@ -66,12 +66,13 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class,
                             strict=config.strict)
     train_set, val_set = _decode_splits(config, splits, spec, progress)
-    model = build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout,
-                        width=config.width).to(dist.device)
+    model = on_device(build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout,
+                                  width=config.width), dist.device)
     steps_per_epoch = len(BatchStream(train_set, config.batch_size, spec, rank=dist.rank, world=dist.world))
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and dist.device.startswith("cuda"))
+    # bf16 keeps fp32's range, so only fp16 autocast (GPUs without bf16) needs a loss scaler.
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and _amp_dtype(dist.device) == torch.float16)
     start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out, splits.classes)
     torch.manual_seed(config.seed * 1_000 + dist.rank + start)  # dropout stream (resume restores it)
     _restore_rng(rng if dist.main else None)  # only rank 0's state is saved
@@ -242,43 +243,103 @@ def epoch_line(row: dict[str, Any]) -> str:
             f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
 
 
+def _amp_dtype(device: str) -> torch.dtype:
+    """bf16 where the device computes it (CPUs, Ampere and newer GPUs), else fp16."""
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def _autocast(device: str, enabled: bool):
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=enabled)
+    return torch.autocast(kind, dtype=_amp_dtype(device), enabled=enabled)
+
+
+def on_device(model: nn.Module, device: str) -> nn.Module:
+    """The model on the training device; on CUDA in channels_last, with cuDNN's autotuner on (the
+    input shape is fixed for a run, so the search pays for itself after the first steps)."""
+    if not device.startswith("cuda"):
+        return model.to(device)
+    torch.backends.cudnn.benchmark = True
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def sync_interval(device: str) -> int:
+    """Steps between reads of the step statistics on the host. Reading a CUDA tensor waits for the
+    GPU, so on a GPU the loss, correct count, gradient norm and finite check stay on the device and
+    are read every SYNC_STEPS steps (the CPU queues the next batches meanwhile); on the CPU a read
+    costs nothing and every step is shown."""
+    return SYNC_STEPS if device.startswith("cuda") else 1
+
+
+SYNC_STEPS = 50
 
 
 def train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream: Iterable,
                     progress: ProgressCallback | None = None, *, stage: str = "train",
-                    total: int | None = None) -> list[float]:
+                    total: int | None = None, sync_every: int | None = None) -> list[float]:
     """One pass; returns [loss sum, correct, count, gradient-norm sum, steps] summed over all ranks.
 
     The gradient norm is the global L2 norm before clipping (what a diverging run shows first).
-    ``progress`` counts the images of ``stage`` (``total`` of them, all ranks), the loss as message."""
+    ``progress`` counts the images of ``stage`` (``total`` of them, all ranks), the loss as message.
+    Statistics accumulate on the training device and reach the host every ``sync_every`` steps
+    (default: ``sync_interval``); a non-finite loss stops the run at the next read."""
     tally = Tally(progress, stage, total, "images").update()
     model.train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    totals = torch.zeros(5, dtype=torch.float64)
-    for images, labels in stream:
-        images, labels = images.to(dist.device, non_blocking=True), labels.to(dist.device, non_blocking=True)
+    every = sync_every or sync_interval(dist.device)
+    totals = torch.zeros(5, dtype=torch.float64, device=dist.device)
+    bad_loss = torch.zeros((), dtype=torch.bool, device=dist.device)
+    unread = 0
+    for step, (images, labels) in enumerate(stream, start=1):
+        images, labels = to_device(images, dist.device), labels.to(dist.device, non_blocking=True)
         with _autocast(dist.device, config.amp):
             logits = model(images)
             loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise AlexNetDeployError(f"training diverged (loss {loss.item()}); lower --lr or use --clip-grad")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # the norm of the true gradients; a no-op without a CUDA scaler
         # Without --clip-grad the max norm is infinite: the gradients are multiplied by exactly 1.0.
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf).item()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        n = labels.shape[0]
-        finite = math.isfinite(grad_norm)  # a CUDA fp16 step the scaler skips has an inf norm: not averaged
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n,
-                                grad_norm if finite else 0.0, float(finite)], dtype=torch.float64)
-        tally.advance(n * dist.world, f"loss {loss.item():.3f}")
-    return all_reduce(totals, dist).tolist()
+        unread += labels.shape[0]
+        totals += _step_totals(loss, logits, labels, grad_norm)
+        bad_loss |= ~torch.isfinite(loss.detach())
+        if step % every == 0:
+            _read_step(bad_loss, loss, tally, unread * dist.world)
+            unread = 0
+    if unread:
+        _read_step(bad_loss, loss, tally, unread * dist.world)
+    return all_reduce(totals.cpu(), dist).tolist()
+
+
+def _step_totals(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                 grad_norm: torch.Tensor) -> torch.Tensor:
+    """[loss x n, correct, n, gradient norm, 1] of one step as a float64 tensor on the device, with the
+    norm and the 1 zeroed when the norm is not finite (a CUDA fp16 step the scaler skips)."""
+    n = labels.shape[0]
+    finite = torch.isfinite(grad_norm).double()
+    norm = torch.nan_to_num(grad_norm.detach().double(), nan=0.0, posinf=0.0, neginf=0.0) * finite
+    correct = (logits.detach().argmax(1) == labels).sum().double()
+    return torch.stack([loss.detach().double() * n, correct, correct.new_tensor(float(n)), norm, finite])
+
+
+def _read_step(bad_loss: torch.Tensor, loss: torch.Tensor, tally: Tally, images: int) -> None:
+    """The one host read of a sync interval: stop on a non-finite loss, else advance the progress."""
+    if bool(bad_loss):
+        raise AlexNetDeployError(f"training diverged (loss {loss.item()}); lower --lr or use --clip-grad")
+    tally.advance(images, f"loss {loss.item():.3f}")
+
+
+def to_device(images: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch on the training device; on CUDA in channels_last (the layout cuDNN's convolutions are
+    fastest in) and copied from pinned memory so the copy does not block the host."""
+    if not device.startswith("cuda"):
+        return images
+    pinned = images if images.is_pinned() else images.pin_memory()
+    return pinned.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -290,17 +351,17 @@ def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None
     tally = Tally(progress, stage, total, "images").update()
     device = dist.device if dist else "cpu"
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)   # read once, at the end
     for images, labels in stream:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(images).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        totals += torch.tensor([nn.functional.cross_entropy(logits, labels, reduction="sum").item(),
-                                (top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
-                                labels.shape[0]], dtype=torch.float64)
+        loss = nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        totals += torch.stack([loss, (top[:, 0] == labels).sum().double(),
+                               (top == labels[:, None]).any(1).sum().double(), loss.new_tensor(labels.shape[0])])
         tally.advance(labels.shape[0] * (dist.world if dist else 1))
-    return totals.tolist()
+    return totals.cpu().tolist()
 
 
 def _val_for_all_ranks(val: list[float], dist: DistContext) -> list[float]:
