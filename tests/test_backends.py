@@ -153,8 +153,8 @@ def test_unknown_backend_and_missing_artifact(bundle):
         resolve_backend("onnx")
     with pytest.raises(BackendUnavailable, match="no int8 ONNX artifact.*alexnet-deploy calibrate"):
         load(bundle, backend="ort", precision="int8")
-    with pytest.raises(BackendUnavailable, match="runs fp32, not 'fp16'"):
-        load(bundle, backend="pt", precision="fp16")
+    with pytest.raises(BackendUnavailable, match="runs fp32/fp16, not 'int8'"):
+        load(bundle, backend="pt", precision="int8")
 
 
 def test_tampered_artifact_is_refused(bundle, tmp_path):

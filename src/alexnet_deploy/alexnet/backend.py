@@ -31,29 +31,47 @@ _INPUT_NAME, _OUTPUT_NAME = "input", "logits"
 
 
 class PtBackend(Backend):
-    """Eval-mode PyTorch model on the CPU; ``checkpoint`` overrides manifest.provenance.checkpoint_path.
+    """Eval-mode PyTorch model; ``checkpoint`` overrides manifest.provenance.checkpoint_path.
 
+    ``device="cpu"`` (``pt``) runs fp32, the reference. ``device="cuda"`` (``pt-cuda``) runs fp32 or
+    fp16 (half weights) on the GPU in channels_last: what a GPU-server user compares TensorRT with.
     ``loaded`` is a checkpoint ``from_checkpoint`` has already read, so the file is loaded once."""
 
     name = "pt"
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16")
 
     def __init__(self, bundle: str | os.PathLike, precision: str = "fp32", *,
                  checkpoint: str | os.PathLike | None = None, loaded: LoadedCheckpoint | None = None,
-                 **options) -> None:
+                 device: str = "cpu", **options) -> None:
         options.pop("provider", None)  # an ort-only option; accepted so load(..., provider=) works on auto
         options.pop("allow_unsafe_int8", None)  # pt runs no int8
         super().__init__(bundle, precision, **options)
         torch = require("torch", package="torch", needed_for="the pt reference backend")
+        self._check_device(torch, device, precision)
         if loaded is None:
             loaded = self._load_exported(checkpoint)
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        self._torch = torch
-        self.model = loaded.model.eval()
+        self._torch, self.device = torch, device
+        self.model = _placed(loaded.model.eval(), torch, device, precision)
         self.model_bytes = loaded.path.stat().st_size
-        self.provider = f"torch {torch.__version__.split('+')[0]} cpu"
+        self.provider = f"torch {torch.__version__.split('+')[0]} {_device_name(torch, device)}"
         self.checkpoint = loaded.path
+
+    @classmethod
+    def precisions_for(cls, options) -> tuple[str, ...]:
+        return cls.precisions if options.get("device") == "cuda" else ("fp32",)
+
+    @staticmethod
+    def _check_device(torch, device: str, precision: str) -> None:
+        if device not in ("cpu", "cuda"):
+            raise BackendUnavailable(f"pt device {device!r}: expected cpu or cuda")
+        if device == "cpu" and precision != "fp32":
+            raise BackendUnavailable(f"pt runs {precision} only on a GPU (pt-cuda); on the CPU it is the fp32 "
+                                     "reference")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"pt-cuda needs a CUDA GPU: torch {torch.__version__} sees none "
+                                     f"(torch.cuda.is_available() is False)")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, precision: str = "fp32", *, arch: str | None = None,
@@ -107,10 +125,31 @@ class PtBackend(Backend):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy()
+            if self.device == "cpu":
+                return self.model(torch.from_numpy(batch)).numpy()
+            dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            inputs = torch.from_numpy(batch).pin_memory().to("cuda", dtype=dtype, non_blocking=True,
+                                                              memory_format=torch.channels_last)
+            return self.model(inputs).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.synchronize()
 
     def close(self) -> None:
         self.model = None
+
+
+def _placed(model, torch, device: str, precision: str):
+    """The eval model where it runs: unchanged on the CPU; on CUDA in channels_last, half for fp16."""
+    if device == "cpu":
+        return model
+    model = model.to("cuda", memory_format=torch.channels_last)
+    return model.half() if precision == "fp16" else model
+
+
+def _device_name(torch, device: str) -> str:
+    return "cpu" if device == "cpu" else f"cuda ({torch.cuda.get_device_name(0)})"
 
 
 def checkpoint_manifest(loaded: LoadedCheckpoint) -> Manifest:

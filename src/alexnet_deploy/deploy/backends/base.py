@@ -46,6 +46,7 @@ BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "ort-cuda": ("ort", {"provider": "cuda"}),
     "ort-tensorrt": ("ort", {"provider": "tensorrt"}),
     "ort-trt": ("ort", {"provider": "tensorrt"}),
+    "pt-cuda": ("pt", {"device": "cuda"}),
 }
 
 # load(backend="auto") tries these in order, per precision, and keeps the first that constructs:
@@ -180,6 +181,11 @@ class Backend:
         return [Prediction(classes[idx[0]], float(row[idx[0]]), tuple((classes[j], float(row[j])) for j in idx),
                            str(item) if isinstance(item, (str, os.PathLike)) else None)
                 for row, idx, item in zip(probs, order, items)]
+
+    @classmethod
+    def precisions_for(cls, options: dict[str, Any]) -> tuple[str, ...]:
+        """The precisions this backend runs with these constructor options (an alias's, e.g. a device)."""
+        return cls.precisions
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op for host backends)."""

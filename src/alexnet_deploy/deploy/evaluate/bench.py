@@ -40,7 +40,7 @@ from alexnet_deploy.errors import AlexNetDeployError, BackendUnavailable, DataEr
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ov", "ort-cuda", "ort-tensorrt", "trt")
+DEFAULT_BACKENDS: tuple[str, ...] = ("pt", "ort", "ov", "pt-cuda", "ort-cuda", "ort-tensorrt", "trt")
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,9 @@ def open_backend(bundle: Path, manifest: Manifest, name: str, precision: str, co
 
 
 def supported_precisions(name: str) -> tuple[str, ...]:
-    """Precisions the backend class can run at all (pt is fp32 only)."""
-    return backend_class(resolve_backend(name)[0]).precisions
+    """Precisions the backend can run at all (pt: fp32; pt-cuda: fp32 and fp16)."""
+    base, options = resolve_backend(name)
+    return backend_class(base).precisions_for(options)
 
 
 def latency_input(batch: int, eval_set: EvalSet | None, shape: tuple[int, ...], seed: int) -> np.ndarray:
