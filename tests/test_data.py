@@ -250,3 +250,24 @@ def test_one_ahead_keeps_order_overlaps_the_next_item_and_raises_in_place():
     with pytest.raises(DataError, match="item 3"):
         next(results)
     assert list(one_ahead(work, [])) == []
+
+
+def test_cache_gpu_is_chosen_only_when_training_on_a_gpu_and_it_fits():
+    from alexnet_deploy.alexnet.data import choose_cache
+
+    assert choose_cache("auto", 100, 1000, gpu_budget=500) == "gpu"
+    assert choose_cache("auto", 800, 1000, gpu_budget=500) == "ram"      # over the GPU's share: RAM
+    assert choose_cache("auto", 800, None, gpu_budget=None) == "ram"
+    with pytest.raises(DataError, match="--cache gpu .* needs --device cuda"):
+        choose_cache("gpu", 100, 1000, gpu_budget=None)
+
+
+def test_the_transforms_run_where_the_batch_is(tmp_path):
+    """crop/flip and normalize draw their randomness on the CPU and compute on the batch's device:
+    here a batch that lives on the 'meta' device keeps it, so a CUDA batch keeps CUDA."""
+    from alexnet_deploy.alexnet.data import crop_flip, normalize
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+
+    batch = torch.zeros((4, 3, 40, 40), dtype=torch.uint8, device="meta")
+    out = normalize(crop_flip(batch, 32, torch.Generator().manual_seed(0)), PreprocessSpec(40, 32))
+    assert out.device.type == "meta" and out.shape == (4, 3, 32, 32) and out.dtype == torch.float32

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[Path, int]
 AUGMENTS = ("crop-flip", "random-resized-crop", "none")
-CACHE_MODES = ("auto", "ram", "stream")
+CACHE_MODES = ("auto", "ram", "stream", "gpu")
 RAM_FRACTION = 0.6  # of MemAvailable, shared by the processes of one machine, for the decoded caches
+GPU_FRACTION = 0.5  # of the GPU's free memory, for a decoded set kept on the GPU (the model needs the rest)
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,15 @@ class DecodedSet:
         return int(self.labels.shape[0])
 
     def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 pixels and labels of each chunk of indices."""
+        """uint8 pixels and labels of each chunk of indices (gathered where the set lives)."""
         for chosen in chunks:
+            chosen = chosen.to(self.images.device)
             yield self.images[chosen], self.labels[chosen]
+
+    def to(self, device: str) -> "DecodedSet":
+        """The same set on ``device`` (``--cache gpu``: an epoch then needs no host work but the
+        index permutation)."""
+        return DecodedSet(self.images.to(device), self.labels.to(device), self.skipped)
 
 
 class StreamedSet:
@@ -234,12 +241,17 @@ def ram_budget() -> int | None:
     return int(RAM_FRACTION * avail) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def choose_cache(mode: str, need: int, budget: int | None) -> str:
-    """'ram' or 'stream' for ``--cache mode`` given the bytes needed and the RAM budget."""
+def choose_cache(mode: str, need: int, budget: int | None, gpu_budget: int | None = None) -> str:
+    """'gpu', 'ram' or 'stream' for ``--cache mode`` given the bytes needed, the RAM budget and, when
+    training on a GPU, the GPU budget (auto keeps the set on the GPU when it fits there)."""
     if mode not in CACHE_MODES:
         raise DataError(f"--cache {mode!r}: expected one of {', '.join(CACHE_MODES)}")
+    if mode == "gpu" and gpu_budget is None:
+        raise DataError("--cache gpu keeps the decoded images on the GPU: it needs --device cuda and a CUDA GPU")
     if mode != "auto":
         return mode
+    if gpu_budget is not None and need <= gpu_budget and (budget is None or need <= budget):
+        return "gpu"   # decoded in RAM first, then moved
     return "ram" if budget is None or need <= budget else "stream"
 
 
@@ -287,23 +299,27 @@ def _check_cache_size(count: int, size: int) -> None:
 
 
 def normalize(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 NCHW -> float32 NCHW, the same arithmetic as ``deploy.preprocess.to_chw_float``."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    """uint8 NCHW -> float32 NCHW, the same arithmetic as ``deploy.preprocess.to_chw_float``, on the
+    batch's own device."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     return (batch.to(torch.float32) / 255.0 - mean) / std
 
 
 def crop_flip(batch: torch.Tensor, crop: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Per-sample random ``crop`` x ``crop`` window and horizontal flip, as one uint8 gather."""
+    """Per-sample random ``crop`` x ``crop`` window and horizontal flip, as one uint8 gather on the
+    batch's device. The random draws come from the CPU ``generator`` whatever the device, so the
+    same seed crops the same pixels on every path (RAM, streamed, GPU-resident)."""
     n, _, h, w = batch.shape
     top = torch.randint(0, h - crop + 1, (n,), generator=generator)
     left = torch.randint(0, w - crop + 1, (n,), generator=generator)
-    steps = torch.arange(crop)
-    rows = top[:, None] + steps[None, :]
     flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    top, left, flips = top.to(batch.device), left.to(batch.device), flips.to(batch.device)
+    steps = torch.arange(crop, device=batch.device)
+    rows = top[:, None] + steps[None, :]
     cols = torch.where(flips[:, None], left[:, None] + crop - 1 - steps[None, :], left[:, None] + steps[None, :])
-    picked = batch[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, crop, crop, 3)
-    return picked.permute(0, 3, 1, 2).contiguous()
+    picked = batch[torch.arange(n, device=batch.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()   # (n, crop, crop, 3) -> NCHW
 
 
 def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generator,
@@ -326,7 +342,7 @@ def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generat
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sw * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = sh, cy
-    grid = torch.nn.functional.affine_grid(theta, (n, 3, crop, crop), align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta, (n, 3, crop, crop), align_corners=False).to(batch.device)
     return torch.nn.functional.grid_sample(batch.to(torch.float32), grid, mode="bilinear",
                                            padding_mode="border", align_corners=False)
 
@@ -339,10 +355,12 @@ class BatchStream:
     """
 
     def __init__(self, data: DecodedSet | StreamedSet, batch_size: int, spec: PreprocessSpec, *, augment: str = "none",
-                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, equal_steps: bool = True):
+                 shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1, equal_steps: bool = True,
+                 device: str = "cpu"):
         if augment not in AUGMENTS:
             raise DataError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTS)}")
         self.data, self.batch_size, self.spec, self.augment = data, batch_size, spec, augment
+        self.device = device   # where the crop, flip and normalize run (the uint8 batch travels there)
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
         self.equal_steps = equal_steps  # False for evaluation: every sample once, step counts may differ
         self.epoch = 0
@@ -366,7 +384,7 @@ class BatchStream:
         chunks = (idx[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size,
                                                                           self.batch_size))
         for pixels, labels in self.data.batches(chunks):
-            yield self._transform(pixels, generator), labels
+            yield self._transform(_uint8_to(pixels, self.device), generator), _uint8_to(labels, self.device)
 
     def _transform(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         crop = self.spec.crop
@@ -378,6 +396,15 @@ class BatchStream:
             top, left = (pixels.shape[-2] - crop) // 2, (pixels.shape[-1] - crop) // 2
             pixels = pixels[..., top:top + crop, left:left + crop]
         return normalize(pixels, self.spec)
+
+
+def _uint8_to(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    """``tensor`` on ``device``: as it is when already there; to a GPU from pinned memory without
+    blocking the host (a quarter of the bytes of the float32 batch it becomes there)."""
+    target = torch.device(device)
+    if tensor.device.type == target.type and target.index in (None, tensor.device.index):
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 __all__ = ["Splits", "SkippedFile", "DecodedSet", "StreamedSet", "AUGMENTS", "CACHE_MODES", "resolve_splits",

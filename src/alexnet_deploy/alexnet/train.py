@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, Mu
 
 from alexnet_deploy.alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet_deploy.alexnet.data import (
-    BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval,
+    GPU_FRACTION, BatchStream, DecodedSet, StreamedSet, cache_bytes, choose_cache, decode_eval,
     ram_budget, resolve_splits, train_spec)
 from alexnet_deploy.alexnet.distributed import DistContext, all_reduce, setup_distributed, wrap_ddp
 from alexnet_deploy.alexnet.model import build_model
@@ -65,7 +65,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     spec = PreprocessSpec(resize=config.resize, crop=config.image_size)
     splits = resolve_splits(config.data, config.val, config.val_split, config.seed, config.max_per_class,
                             strict=config.strict)
-    train_set, val_set = _decode_splits(config, splits, spec, progress)
+    train_set, val_set = _decode_splits(config, splits, spec, progress, dist.device)
     model = on_device(build_model(config.arch, len(splits.classes), init=config.init, dropout=config.dropout,
                                   width=config.width), dist.device)
     steps_per_epoch = len(BatchStream(train_set, config.batch_size, spec, rank=dist.rank, world=dist.world))
@@ -135,15 +135,14 @@ def check_run_dir(out: Path, config: TrainConfig) -> None:
 Dataset = DecodedSet | StreamedSet
 
 
-def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
-                   progress: ProgressCallback | None) -> tuple[Dataset, Dataset]:
-    """Each split decoded into RAM or streamed (``--cache``; auto keeps in RAM what fits the budget,
-    the training set first)."""
-    budget = ram_budget()
-    train_set = _load_split("train", splits.train, train_spec(config.resize), config, budget, progress)
-    if budget is not None and isinstance(train_set, DecodedSet):
-        budget -= cache_bytes(len(splits.train), config.resize)
-    val_set = _load_split("val", splits.val, spec, config, budget, progress)
+def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec, progress: ProgressCallback | None,
+                   device: str = "cpu") -> tuple[Dataset, Dataset]:
+    """Each split decoded into RAM, onto the GPU, or streamed (``--cache``; auto keeps on the GPU,
+    else in RAM, what fits the budget, the training set first)."""
+    budgets = [ram_budget(), gpu_budget(device)]
+    train_set = _load_split("train", splits.train, train_spec(config.resize), config, budgets, progress, device)
+    _spend(budgets, train_set, cache_bytes(len(splits.train), config.resize))
+    val_set = _load_split("val", splits.val, spec, config, budgets, progress, device)
     decoded = [s for s in (train_set, val_set) if isinstance(s, DecodedSet)]
     _report_skipped([skip for s in decoded for skip in s.skipped], progress)
     if any(len(s) == 0 for s in decoded):
@@ -151,10 +150,33 @@ def _decode_splits(config: TrainConfig, splits, spec: PreprocessSpec,
     return train_set, val_set
 
 
-def _load_split(name: str, samples, spec: PreprocessSpec, config: TrainConfig, budget: int | None,
-                progress: ProgressCallback | None) -> Dataset:
+def gpu_budget(device: str) -> int | None:
+    """Bytes of the GPU's free memory a decoded set may take (None when not training on a GPU)."""
+    if not device.startswith("cuda"):
+        return None
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return int(GPU_FRACTION * free)
+
+
+def _spend(budgets: list[int | None], dataset: Dataset, need: int) -> None:
+    """Take a decoded set's bytes off the budget (RAM, GPU) it occupies."""
+    if isinstance(dataset, DecodedSet):
+        where = 1 if dataset.images.device.type == "cuda" else 0
+        if budgets[where] is not None:
+            budgets[where] -= need
+
+
+def _load_split(name: str, samples, spec: PreprocessSpec, config: TrainConfig, budgets: list[int | None],
+                progress: ProgressCallback | None, device: str = "cpu") -> Dataset:
     need = cache_bytes(len(samples), spec.crop)
-    if choose_cache(config.cache, need, budget) == "stream":
+    budget, on_gpu = budgets
+    mode = choose_cache(config.cache, need, budget, on_gpu)
+    if mode == "gpu":
+        decoded = decode_eval(samples, spec, strict=config.strict, workers=config.workers, progress=progress,
+                              stage=f"decode {name}")
+        note(progress, "train", f"{name}: {need / 2**30:.2f} GiB of decoded images kept on {device}")
+        return decoded.to(device)
+    if mode == "stream":
         if config.cache == "auto":
             note(progress, "train", f"{name}: decoded images would need {need / 2**30:.1f} GiB, over the RAM "
                  f"budget left ({max(0, budget or 0) / 2**30:.1f} GiB): decoding each batch as it is needed")
@@ -218,7 +240,7 @@ def _after_warmup(schedule: str, optimizer: torch.optim.Optimizer, steps: int):
 
 def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val_set, spec, epoch, progress):
     stream = BatchStream(train_set, config.batch_size, spec, augment=config.augment, shuffle=True,
-                         seed=config.seed, rank=dist.rank, world=dist.world)
+                         seed=config.seed, rank=dist.rank, world=dist.world, device=dist.device)
     stream.epoch = epoch
     started = time.perf_counter()
     sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream, progress,
@@ -226,7 +248,7 @@ def _run_epoch(config, dist, model, optimizer, scheduler, scaler, train_set, val
     lr = optimizer.param_groups[0]["lr"]  # at the end of the epoch (the start of warm-up is ~0)
     seconds = time.perf_counter() - started
     val = evaluate(model, BatchStream(val_set, max(config.batch_size, 128), spec, rank=dist.rank,
-                                      world=dist.world, equal_steps=False), dist, config.amp, progress,
+                                      world=dist.world, equal_steps=False, device=dist.device), dist, config.amp, progress,
                    total=len(val_set))
     val_sums = _val_for_all_ranks(val, dist)
     return {"epoch": epoch + 1, "train_loss": sums[0] / sums[2], "train_top1": sums[1] / sums[2],

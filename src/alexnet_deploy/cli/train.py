@@ -48,8 +48,9 @@ def _train_options(func):
         click.option("--width", type=float, help="channel/FC width multiplier; 1.0 is the paper's network; "
                                                  "smaller for tiny devices and fast experiments (default 1.0)."),
         click.option("--augment", type=click.Choice(["crop-flip", "random-resized-crop", "none"]), help="Training augmentation (default crop-flip)."),
-        click.option("--cache", type=click.Choice(["auto", "ram", "stream"]),
-                     help="Decoded images: kept in RAM, or decoded per batch (default auto: RAM when they fit)."),
+        click.option("--cache", type=click.Choice(["auto", "ram", "stream", "gpu"]),
+                     help="Decoded images: kept in RAM, on the GPU, or decoded per batch (default auto: on the "
+                          "GPU when training on one and they fit, else RAM when they fit)."),
         click.option("--amp/--no-amp", default=None, help="Mixed precision: bf16 on CPU, fp16 on CUDA."),
         click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
