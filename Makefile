@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install -q
 # torch/torchvision are pinned to the release this machine carries on disk (a CUDA build on x86_64).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-dev demo test test-fast test-py310 test-aarch64 test-aarch64-smoke clean
+.PHONY: install install-dev demo test test-fast test-py310 test-aarch64 test-aarch64-smoke gpu-check clean
 
 install: $(VENV)/.installed-full
 
@@ -63,5 +63,13 @@ test-aarch64: install
 test-aarch64-smoke: install
 	HOST_VENV=$(abspath $(VENV)) bash tools/aarch64/run.sh --smoke
 
+# Every GPU path at once (the tests marked cuda, benchmarks/gpu_train.py, a 227 px CUDA epoch, export,
+# bench pt-cuda, TensorRT when it imports): one report in gpu-check/. Uses the venv when there is one,
+# else the machine's own Python with torch (pip install --no-deps -e . first).
+GPU_CHECK_OUT ?= gpu-check
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py --out $(GPU_CHECK_OUT)
+
 clean:
-	rm -rf $(VENV) $(VENV310) build demo-out .pytest_cache
+	rm -rf $(VENV) $(VENV310) build demo-out gpu-check .pytest_cache

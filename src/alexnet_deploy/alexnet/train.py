@@ -72,7 +72,7 @@ def _train(config: TrainConfig, dist: DistContext, out: Path, progress: Progress
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     # bf16 keeps fp32's range, so only fp16 autocast (GPUs without bf16) needs a loss scaler.
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and _amp_dtype(dist.device) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and amp_dtype(dist.device) == torch.float16)
     start, best, history, rng = _maybe_resume(config, model, optimizer, scheduler, scaler, out, splits.classes)
     torch.manual_seed(config.seed * 1_000 + dist.rank + start)  # dropout stream (resume restores it)
     _restore_rng(rng if dist.main else None)  # only rank 0's state is saved
@@ -265,7 +265,7 @@ def epoch_line(row: dict[str, Any]) -> str:
             f"{row['train_images_per_s']:.0f} img/s, {row['epoch_seconds']:.0f} s")
 
 
-def _amp_dtype(device: str) -> torch.dtype:
+def amp_dtype(device: str) -> torch.dtype:
     """bf16 where the device computes it (CPUs, Ampere and newer GPUs), else fp16."""
     if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         return torch.float16
@@ -274,7 +274,7 @@ def _amp_dtype(device: str) -> torch.dtype:
 
 def _autocast(device: str, enabled: bool):
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(kind, dtype=_amp_dtype(device), enabled=enabled)
+    return torch.autocast(kind, dtype=amp_dtype(device), enabled=enabled)
 
 
 def on_device(model: nn.Module, device: str) -> nn.Module:
