@@ -51,7 +51,7 @@ def _train_options(func):
         click.option("--cache", type=click.Choice(["auto", "ram", "stream", "gpu"]),
                      help="Decoded images: kept in RAM, on the GPU, or decoded per batch (default auto: on the "
                           "GPU when training on one and they fit, else RAM when they fit)."),
-        click.option("--amp/--no-amp", default=None, help="Mixed precision: bf16 on CPU, fp16 on CUDA."),
+        click.option("--amp/--no-amp", default=None, help="Mixed precision: bf16 on CPU and on GPUs that have it, fp16 (with a loss scaler) otherwise."),
         click.option("--strict/--no-strict", default=None, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to OUT/tensorboard (needs tensorboard)."),
         click.option("--wandb", metavar="PROJECT", help="Also log to this Weights & Biases project (needs wandb)."),
