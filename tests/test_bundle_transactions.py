@@ -460,3 +460,13 @@ def test_killed_reexport_over_a_verified_bundle_leaves_old_or_new(tmp_path: Path
     assert state() == "new" and _debris(tmp_path) == []
     verify = _cli("verify", str(out), "--backend", "ort")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_bytes_after_the_end_of_the_tar_are_part_of_the_hash(bundle: Path, tmp_path: Path) -> None:
+    """The cache key covers the whole file: data appended after the tar's end (beyond what the reader
+    buffers) is hashed by the extraction pass too, so the two passes agree."""
+    archive = pack_bundle(bundle, tmp_path / "b.tar").path
+    with open(archive, "ab") as fh:
+        fh.write(os.urandom(3 << 20))
+    opened = open_bundle(archive, cache_dir=tmp_path / "cache")
+    assert opened.name == sha256_file(archive)[:20] and verify_artifacts(opened)

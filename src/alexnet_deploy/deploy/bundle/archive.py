@@ -142,7 +142,7 @@ class _HashingReader(io.RawIOBase):
 
     def drain(self) -> str:
         """Hash the rest of the file (what follows the tar's end) and return the hex digest."""
-        while self.fh.read(CHUNK_BYTES):
+        while self.read(CHUNK_BYTES):   # through readinto, so the rest is hashed too
             pass
         return self.digest.hexdigest()
 

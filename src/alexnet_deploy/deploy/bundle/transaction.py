@@ -115,8 +115,8 @@ def transaction(dest: str | os.PathLike, flag: str, *, keep: str = "all", create
     ``create`` allows ``dest`` to be missing or an empty directory. The caller's block writes into
     ``staging.path``; the commit happens when the block ends without an exception."""
     dest = Path(os.path.abspath(dest))
-    replaces = _check_destination(dest, flag, create)
-    check_writable(dest, flag, directory=True)   # one line naming the flag, before anything is made
+    _check_destination(dest, flag, create)   # refuse early, before anything is made
+    check_writable(dest, flag, directory=True)   # one line naming the flag
     dest.parent.mkdir(parents=True, exist_ok=True)
     with bundle_lock(dest, flag, wait=wait):
         _recover(dest)
@@ -125,7 +125,7 @@ def transaction(dest: str | os.PathLike, flag: str, *, keep: str = "all", create
         try:
             public_dir_mode(staging)
             if replaces:
-                _link_tree(dest, staging, _kept_files(dest, keep))
+                _link_tree(dest, staging, _dropped_files(dest, keep))
             yield Staging(staging, dest, replaces)
             _swap(staging, dest, replaces)
         except OSError as exc:
@@ -158,7 +158,7 @@ def _check_destination(dest: Path, flag: str, create: bool) -> bool:
     return True
 
 
-def _kept_files(dest: Path, keep: str) -> set[str] | None:
+def _dropped_files(dest: Path, keep: str) -> set[str] | None:
     """Relative paths not to carry into the staging copy (None: carry everything)."""
     if keep == "all":
         return None
