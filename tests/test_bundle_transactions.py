@@ -470,3 +470,17 @@ def test_bytes_after_the_end_of_the_tar_are_part_of_the_hash(bundle: Path, tmp_p
         fh.write(os.urandom(3 << 20))
     opened = open_bundle(archive, cache_dir=tmp_path / "cache")
     assert opened.name == sha256_file(archive)[:20] and verify_artifacts(opened)
+
+
+def test_a_transaction_carries_the_users_files_links_included(bundle: Path, tmp_path: Path) -> None:
+    from alexnet_deploy.deploy.bundle import transaction
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "note.txt").write_text("mine")
+    (bundle / "docs").symlink_to(tmp_path / "elsewhere")
+    (bundle / "README.txt").write_text("about this model")
+    with transaction(bundle, "BUNDLE") as staging:
+        (staging.path / "extra.json").write_text("{}")
+    assert (bundle / "docs").is_symlink() and (bundle / "docs" / "note.txt").read_text() == "mine"
+    assert (bundle / "README.txt").read_text() == "about this model" and (bundle / "extra.json").is_file()
+    assert verify_artifacts(bundle) and _debris(tmp_path) == []

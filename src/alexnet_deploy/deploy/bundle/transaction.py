@@ -177,8 +177,12 @@ def _link_tree(src: Path, dst: Path, dropped: set[str] | None) -> None:
     change the old bundle's bytes."""
     for root, dirs, files in os.walk(src):
         rel_root = Path(root).relative_to(src)
-        for name in dirs:
-            (dst / rel_root / name).mkdir(exist_ok=True)
+        for name in list(dirs):
+            if (Path(root) / name).is_symlink():   # a link to a folder is carried as the link itself
+                os.symlink(os.readlink(Path(root) / name), dst / rel_root / name)
+                dirs.remove(name)
+            else:
+                (dst / rel_root / name).mkdir(exist_ok=True)
         for name in files:
             rel = (rel_root / name).as_posix()
             if dropped is not None and rel in dropped:
