@@ -4,9 +4,11 @@
   directory a bundle.
 - ``transaction``: every change (export, calibrate, build-engine, unpack) is written beside the old
   bundle and swapped in whole, under the bundle's one lock.
-- ``archive``: packed bundles (``pack``/``unpack``, the extraction cache), read with every size bounded.
+- ``archive``: packed bundles (``pack``/``unpack``, the extraction cache), read with every size
+  bounded by ``tarstream``, a single-pass tar reader for untrusted archives.
 - ``npz``: golden-vector files read with their declared sizes bounded before any array is loaded.
 - ``paths``: outputs of other commands are refused when they would land inside a bundle.
+- ``files``: atomic writes, checksums, bounded reads and strict JSON, for every file the toolkit writes.
 """
 
 from alexnet_deploy.deploy.bundle.manifest import (ARTIFACT_KINDS, FORMAT_MARKER, MANIFEST_NAME, MAX_MANIFEST_BYTES,
