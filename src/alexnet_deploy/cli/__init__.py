@@ -28,6 +28,16 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BaseException:
+            if _STOPPED_BY:   # whatever the signal's exception became on its way up (see _stop)
+                click.echo(f"Error: {_STOPPED_BY[0]}", err=True)
+                sys.exit(_STOPPED_BY[1])
+            return self._report(ctx)
+
+    def _report(self, ctx: click.Context):
+        """One `Error:` line for the exception being handled."""
+        try:
+            raise
         except AlexNetDeployError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -78,13 +88,25 @@ class Terminated(KeyboardInterrupt):
     cleanup path (bundle transactions, partial files, loggers) runs for it too."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+# (message, exit code) once SIGINT or SIGTERM arrived. A C extension that is importing or running
+# when the signal's exception is raised may turn it into its own error (pybind11 modules such as
+# onnxruntime report any exception during their import as ImportError, which would read "onnxruntime
+# is not installed"), so the exit reports the signal, not what it became.
+_STOPPED_BY: list = []
+
+
+def _stop(signum, frame) -> None:
+    if signum == signal.SIGTERM:
+        _STOPPED_BY[:] = ["terminated (SIGTERM)", 143]
+        raise Terminated()
+    _STOPPED_BY[:] = ["interrupted", 130]
+    raise KeyboardInterrupt()
 
 
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     cli(obj={})
 
 
