@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install -q
 # torch/torchvision are pinned to the release this machine carries on disk (a CUDA build on x86_64).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-dev demo test test-fast test-py310 test-aarch64 test-aarch64-smoke gpu-check clean
+.PHONY: install install-dev demo test test-slow test-py310 test-aarch64 test-aarch64-smoke gpu-check clean
 
 install: $(VENV)/.installed-full
 
@@ -28,11 +28,13 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-full
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH bash examples/demo.sh
 
+# The suite without the tests marked slow (each over ~20 s: real kills, full exports, torchrun);
+# CI runs those too, with test-slow.
 test: install-dev
-	$(PY) -m pytest -q
-
-test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install-dev
+	$(PY) -m pytest -q -m slow
 
 # The runtime on the oldest supported Python (JetPack 6 ships 3.10): a separate venv with the runtime
 # extra and pytest only, so these tests also prove nothing they import needs torch. The test files are
