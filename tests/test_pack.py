@@ -184,3 +184,24 @@ def test_not_an_archive(tmp_path: Path) -> None:
         unpack_bundle(junk, tmp_path / "out")
     with pytest.raises(BundleError, match="not found"):
         unpack_bundle(tmp_path / "missing.tar.gz", tmp_path / "out")
+
+
+def test_bench_and_load_open_a_packed_bundle_like_a_directory(bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    from alexnet_deploy.deploy import load
+    from alexnet_deploy.deploy.bundle import Bundle
+    from alexnet_deploy.deploy.evaluate.bench import BenchConfig, run_bench
+
+    monkeypatch.setenv("ALEXNET_DEPLOY_CACHE", str(tmp_path / "cache"))
+    archive = pack_bundle(bundle, tmp_path / "b.tar.gz").path
+    opened = Bundle.open(archive)
+    assert opened.path.parent == tmp_path / "cache" / "bundles" and opened.manifest == read_manifest(bundle)
+    report = run_bench(archive, BenchConfig(backends=("ort",), precisions=("fp32",), batches=(1,), warmup_s=0.01,
+                                            min_iters=2, min_time_s=0.01))
+    assert [r.status for r in report.rows] == ["ok"] and report.rows[0].agreement == 1.0
+    with load(opened) as model:
+        assert model.bundle == opened.path
+    from alexnet_deploy.deploy.evaluate.verify import verify_bundle
+
+    assert verify_bundle(opened, backends=("ort",)).ok
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.open(tmp_path / "missing")

@@ -74,7 +74,7 @@ def _reference_lookup(rows):
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("bundle", type=click.Path(exists=True))
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="Labelled image folder (class sub-folders named like the bundle's classes) for accuracy.")
 @click.option("--backend", "backends", multiple=True,
@@ -100,7 +100,8 @@ def _reference_lookup(rows):
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable --data image instead of skipping it.")
 def bench(bundle, data, backends, precisions, batches, warmup_s, min_iters, min_time_s, end_to_end, threads,
           checkpoint, max_images, json_path, csv_path, plot_dir, strict) -> None:
-    """Latency (p50/p90/p99, throughput) and accuracy of every backend x precision x batch of BUNDLE.
+    """Latency (p50/p90/p99, throughput) and accuracy of every backend x precision x batch of BUNDLE
+    (a directory, or a .tar.gz made by `alexnet-deploy pack`).
 
     Exit 1 when a row failed (e.g. a checksum, a wrong --checkpoint) or no backend could run; rows
     that are merely unavailable here (no GPU, no TensorRT) do not fail the run."""

@@ -12,7 +12,8 @@ Backends (torch, onnxruntime, tensorrt) are imported only when one is constructe
 """
 
 from alexnet_deploy.deploy.backends.base import BACKENDS, Backend, Prediction, load
+from alexnet_deploy.deploy.bundle import Bundle
 from alexnet_deploy.deploy.preprocess import PreprocessSpec, load_image, preprocess, preprocess_threaded, softmax
 
-__all__ = ["BACKENDS", "Backend", "Prediction", "load", "PreprocessSpec", "load_image", "preprocess",
+__all__ = ["BACKENDS", "Backend", "Bundle", "Prediction", "load", "PreprocessSpec", "load_image", "preprocess",
            "preprocess_threaded", "softmax"]

@@ -24,7 +24,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from alexnet_deploy.deploy.bundle import Manifest, read_manifest, safe_path, verify_artifact
+from alexnet_deploy.deploy.bundle import Bundle, Manifest, read_manifest, safe_path, verify_artifact
+from alexnet_deploy.deploy.bundle.archive import is_archive
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import one_ahead, preprocess_kept, softmax
 from alexnet_deploy.deploy.onnx.facts import ModelFacts, manifest_mismatches, onnx_metadata_props
@@ -260,7 +261,7 @@ def check_manifest_against_models(bundle: str | os.PathLike, manifest: Manifest,
                               f"(re-copy the bundle or re-export), `alexnet-deploy verify {bundle}` shows every check")
 
 
-def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
+def load(bundle: str | os.PathLike | Bundle, backend: str = "auto", precision: str = "fp32", **options: Any) -> Backend:
     """Open ``bundle`` on ``backend`` ("auto", "pt", "ort", "ort-cpu", "ort-cuda", "ort-tensorrt", "trt", "ov").
 
     ``bundle`` is a bundle directory, a packed bundle (.tar.gz) or a checkpoint file. ``options`` go
@@ -271,16 +272,14 @@ def load(bundle: str | os.PathLike, backend: str = "auto", precision: str = "fp3
     the other backends, so it runs on pt ("auto" picks it), with the classes and preprocessing
     stored in it.
     """
-    path = Path(bundle)
-    if not path.exists():
-        raise AlexNetDeployError(f"{bundle}: no such bundle directory, packed bundle or checkpoint file")
-    if path.is_file():
-        from alexnet_deploy.deploy.bundle.archive import is_archive, open_bundle
-
-        if not is_archive(path):
+    if not isinstance(bundle, Bundle):
+        path = Path(bundle)
+        if not path.exists():
+            raise AlexNetDeployError(f"{bundle}: no such bundle directory, packed bundle or checkpoint file")
+        if path.is_file() and not is_archive(path):
             return _load_checkpoint(path, backend, precision, options)
-        bundle = open_bundle(path)   # extracted safely, once, into the cache
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)   # an archive is extracted safely, once, into the cache
+    bundle, manifest = opened.path, opened.manifest
     check_manifest_against_models(bundle, manifest, (precision,))
     if backend != "auto":
         base, alias_options = resolve_backend(backend)

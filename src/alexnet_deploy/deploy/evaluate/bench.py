@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alexnet_deploy.deploy.backends.base import Backend, backend_class, check_manifest_against_models, resolve_backend
-from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.bundle import Bundle, Manifest, verify_artifact
 from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.evaluate.compare import Accuracy, compare_logits
 from alexnet_deploy.deploy.precision import NAMES
@@ -350,14 +350,14 @@ def plan_pairs(config: BenchConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_bench(bundle: str | os.PathLike, config: BenchConfig = BenchConfig(),
+def run_bench(bundle: str | os.PathLike | Bundle, config: BenchConfig = BenchConfig(),
               progress: ProgressCallback | None = None) -> BenchReport:
     """Bench every requested backend x precision x batch of ``bundle``; see the module docstring.
 
     ``progress`` counts the rows (stage ``bench``), with what is being worked on as the message.
     """
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    opened = Bundle.open(bundle)   # a directory, or a packed archive extracted into the cache
+    bundle, manifest = opened.path, opened.manifest
     check_manifest_against_models(bundle, manifest, config.precisions)
     batches, pairs = resolve_batches(config, manifest), plan_pairs(config)
     if config.end_to_end and not config.data:

@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from alexnet_deploy.deploy.bundle import Manifest, read_manifest, verify_artifact
+from alexnet_deploy.deploy.bundle import Bundle, Manifest, read_manifest, verify_artifact
 from alexnet_deploy.deploy.bundle.npz import load_npz
 from alexnet_deploy.deploy.evaluate.compare import Threshold, compare_logits, cosine_rows
 from alexnet_deploy.deploy.platform.cpu import CpuFeatures
@@ -302,7 +302,7 @@ def _open(source: Path) -> tuple[Path | None, Check | None]:
         return None, Check("archive", source.name, FAIL, str(exc))
 
 
-def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",),
+def verify_bundle(source: str | os.PathLike | Bundle, backends: Sequence[str] = ("auto",),
                   precisions: Sequence[str] | None = None, *, thresholds: dict[str, Threshold] | None = None,
                   progress: ProgressCallback | None = None) -> VerifyReport:
     """Check a bundle directory or packed archive; every check becomes a row (see module docstring).
@@ -313,6 +313,8 @@ def verify_bundle(source: str | os.PathLike, backends: Sequence[str] = ("auto",)
     unknown = [p for p in precisions or () if p not in thresholds]
     if unknown:
         raise AlexNetDeployError(f"--precision {unknown[0]!r}: expected one of {sorted(thresholds)}")
+    if isinstance(source, Bundle):
+        source = source.path
     if not Path(source).exists():
         raise BundleError(f"{source}: not found; expected a bundle directory or a .tar.gz made by `alexnet-deploy pack`")
     checks: list[Check] = []
