@@ -264,7 +264,7 @@ ORT_VARIANTS = ("project defaults", "ORT defaults", "threads 1", "opt BASIC", "o
 
 
 def ort_options(ort, name: str, threads: int):
-    """SessionOptions ``name``: the project's (onnxrt.session_options) with one change, or ORT's own."""
+    """SessionOptions ``name``: the project's (deploy.onnx.sessions.session_options) with one change, or ORT's own."""
     if name == "ORT defaults":
         return ort.SessionOptions()
     options = session_options(1 if name == "threads 1" else threads,

@@ -58,7 +58,7 @@ class Budget:
 def logits(model_path: str | os.PathLike, images: np.ndarray, batch_size: int = 32, *,
            semantic: bool = False) -> np.ndarray:
     """Run a model on ORT CPU over ``images``; ``semantic`` runs a Q/DQ model as the float ops it
-    is made of (deploy.onnxrt.semantic_session), so the result does not depend on this CPU."""
+    is made of (deploy.onnx.sessions.semantic_session), so the result does not depend on this CPU."""
     from alexnet_deploy.deploy.onnx.sessions import cpu_session, run_batches, semantic_session
 
     session = semantic_session(model_path) if semantic else cpu_session(model_path)

@@ -2,7 +2,7 @@
 
 ``reference.npz`` holds the torch logits, which an int8 model only approximates (its agreement
 with fp32 is information, not a pass/fail test of a device). ``reference.int8.npz`` holds the
-logits of the int8 model's own semantics (deploy.onnxrt.semantic_session: Q/DQ as float ops, no
+logits of the int8 model's own semantics (deploy.onnx.sessions.semantic_session: Q/DQ as float ops, no
 int8 kernels), computed here at calibration time. A device's int8 logits must match these
 tightly; a CPU whose int8 kernels saturate or round differently fails, whatever the model's
 accuracy. The file carries the sha256 of the int8 model it belongs to, so a stale pair is refused.
