@@ -129,7 +129,7 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_nothing_half_written(data, s
     result = _run(_train_cmd(data, small_tmpfs / "run", 1))
     assert result.returncode == 1, result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert "the disk is full" in line and "last.pt" in line or "best.pt" in line, line
+    assert "the disk is full" in line and ("last.pt" in line or "best.pt" in line), line
     assert "unexpected" not in result.stderr and not list((small_tmpfs / "run").glob(".*.tmp"))
 
 
