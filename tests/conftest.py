@@ -75,3 +75,19 @@ def cifar_dir() -> Path:
     if not SHARED_CIFAR.is_dir():
         pytest.skip(f"real CIFAR-10 images not found at {SHARED_CIFAR} (only present on the build machines)")
     return SHARED_CIFAR
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path, request):
+    """A real, small tmpfs mounted in tmp_path (its size: the test module's TMPFS_SIZE, default 4m),
+    to fill a file system for real; skips with the reason where mounting needs root."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    size = getattr(request.module, "TMPFS_SIZE", "4m")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -184,15 +184,8 @@ def test_killed_calibrate_leaves_the_old_bundle_or_the_new_one(bundle: Path, tmp
 
 # ---- 3 and full disks: a real full file system --------------------------------------------------
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+# A real full file system: the size of the tmpfs that conftest's small_tmpfs mounts.
+TMPFS_SIZE = "4m"
 
 
 def test_calibrate_on_a_full_disk_keeps_the_old_bundle(tmp_path: Path, small_tmpfs: Path) -> None:

@@ -113,15 +113,8 @@ def test_sigterm_stops_training_with_a_clear_last_line(data, tmp_path):
 
 # ---- 5: a full disk ------------------------------------------------------------------------------
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+# A real full file system: the size of the tmpfs that conftest's small_tmpfs mounts.
+TMPFS_SIZE = "2m"
 
 
 def test_a_full_disk_names_the_checkpoint_and_keeps_nothing_half_written(data, small_tmpfs):

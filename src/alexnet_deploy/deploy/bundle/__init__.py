@@ -13,13 +13,13 @@
 """
 
 from alexnet_deploy.deploy.bundle.manifest import (ARTIFACT_KINDS, FORMAT_MARKER, MANIFEST_NAME, MAX_MANIFEST_BYTES,
-                                                   SCHEMA_VERSION, Artifact, Manifest, TensorSpec, is_bundle,
+                                                   SCHEMA_VERSION, Artifact, Manifest, TensorSpec,
                                                    make_artifact, parse_manifest_json, read_manifest, safe_path,
                                                    verify_artifact, verify_artifacts, write_manifest)
 from alexnet_deploy.deploy.bundle.transaction import Staging, bundle_lock, transaction
 from alexnet_deploy.deploy.bundle.opened import Bundle  # noqa: E402 - after the modules it is made of
 
 __all__ = ["Bundle", "ARTIFACT_KINDS", "FORMAT_MARKER", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "SCHEMA_VERSION", "Artifact",
-           "Manifest", "TensorSpec", "is_bundle", "make_artifact", "parse_manifest_json", "read_manifest",
+           "Manifest", "TensorSpec", "make_artifact", "parse_manifest_json", "read_manifest",
            "safe_path", "verify_artifact", "verify_artifacts", "write_manifest", "Staging", "bundle_lock",
            "transaction"]

@@ -31,11 +31,12 @@ import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from alexnet_deploy.deploy.bundle import tarstream
-from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, Manifest, read_manifest, safe_path, verify_artifacts
+from alexnet_deploy.deploy.bundle.manifest import (MANIFEST_NAME, Manifest, read_manifest, safe_path, sidecar_file,
+                                                   verify_artifacts)
 from alexnet_deploy.deploy.bundle.transaction import transaction
 from alexnet_deploy.deploy.bundle.files import atomic_path, public_dir_mode, sha256_file
 from alexnet_deploy.errors import BundleError
@@ -64,10 +65,6 @@ def is_archive(path: str | os.PathLike) -> bool:
     return Path(path).is_file() and name.endswith(ARCHIVE_SUFFIXES)
 
 
-def _sidecar(plan_file: str) -> str:
-    return str(PurePosixPath(plan_file).with_suffix(".json"))
-
-
 def _packed_manifest(bundle: Path, include_engines: bool) -> tuple[Manifest, list[str]]:
     """The manifest to ship and the relative files to put beside it."""
     manifest = read_manifest(bundle)
@@ -79,8 +76,8 @@ def _packed_manifest(bundle: Path, include_engines: bool) -> tuple[Manifest, lis
         manifest = manifest.replace(artifacts=tuple(a for a in manifest.artifacts if a.kind != "trt-plan"))
     files = [a.file for a in manifest.artifacts]
     for artifact in manifest.artifacts:
-        if artifact.kind == "trt-plan" and safe_path(bundle, _sidecar(artifact.file)).is_file():
-            files.append(_sidecar(artifact.file))
+        if artifact.kind == "trt-plan" and safe_path(bundle, sidecar_file(artifact.file)).is_file():
+            files.append(sidecar_file(artifact.file))
     return manifest, files
 
 
@@ -207,7 +204,7 @@ def _keep_listed(archive: Path, into: Path, files: dict[str, int]) -> None:
         if files[name] != artifact.bytes:
             raise BundleError(f"{archive}: {artifact.file} is {files[name]} bytes, the manifest says {artifact.bytes}; "
                               "the file was modified or corrupted")
-        wanted.update({name, _sidecar(name)} if artifact.kind == "trt-plan" else {name})
+        wanted.update({name, sidecar_file(name)} if artifact.kind == "trt-plan" else {name})
     skipped = sorted(set(files) - wanted)
     if skipped:
         log.warning("%s: skipping %d files not listed in the manifest: %s", archive, len(skipped), skipped[:5])

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from alexnet_deploy.deploy.bundle.files import atomic_write_text, sha256_file, strict_json_loads
+from alexnet_deploy.deploy.bundle.files import atomic_write_text, read_bounded, sha256_file, strict_json_loads
 from alexnet_deploy.deploy.precision import NAMES
 from alexnet_deploy.deploy.preprocess import PreprocessSpec
-from alexnet_deploy.errors import BundleError
+from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -156,6 +156,11 @@ class Manifest:
         return None
 
 
+def sidecar_file(plan_file: str) -> str:
+    """The JSON sidecar that travels with an engine plan (``engines/x.plan`` -> ``engines/x.json``)."""
+    return str(PurePosixPath(plan_file).with_suffix(".json"))
+
+
 def _artifact_list(data: dict) -> list:
     artifacts = data.get("artifacts")
     if not isinstance(artifacts, list):
@@ -181,11 +186,9 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{path}: not found; is {bundle} a bundle? Create one with `alexnet-deploy export`")
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{path}: {path.stat().st_size} bytes, larger than any real manifest")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+        raw = read_bounded(path, MAX_MANIFEST_BYTES, "manifest")
+    except AlexNetDeployError as exc:
+        raise BundleError(str(exc)) from exc
     data = parse_manifest_json(path, raw)
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object")
@@ -204,16 +207,6 @@ def parse_manifest_json(where: str | os.PathLike, raw: bytes) -> Any:
         raise BundleError(f"{where}: not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise BundleError(f"{where}: JSON nested too deeply to be a manifest") from exc
-
-
-def is_bundle(directory: str | os.PathLike) -> bool:
-    """True when ``directory`` holds a manifest that reads as an alexnet-deploy bundle's: the only
-    kind of folder that export, calibrate, build-engine and unpack may replace."""
-    try:
-        read_manifest(directory)
-    except BundleError:
-        return False
-    return True
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:

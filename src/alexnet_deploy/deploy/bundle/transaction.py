@@ -14,7 +14,7 @@ can only belong to a dead process, since only the lock holder makes one, so the 
 the same ``dest`` removes it. The lock is ``flock`` on a file beside the bundle: the kernel releases
 it when its process dies, so a killed run never blocks the next one.
 
-A directory that is not a bundle (see ``manifest.is_bundle``) is never replaced, and neither is a
+A directory that is not a bundle (no manifest that ``read_manifest`` accepts) is never replaced, and neither is a
 mount point (it cannot be renamed; the error says to use a folder inside it).
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, is_bundle, read_manifest
+from alexnet_deploy.deploy.bundle.manifest import MANIFEST_NAME, Manifest, read_manifest, sidecar_file
 from alexnet_deploy.deploy.bundle.files import check_writable, public_dir_mode
 from alexnet_deploy.errors import AlexNetDeployError, BundleError
 
@@ -48,7 +48,6 @@ class Staging:
 
     path: Path
     dest: Path
-    replaces: bool   # True when ``dest`` holds a bundle that the commit replaces
 
 
 def lock_path(dest: Path) -> Path:
@@ -120,14 +119,14 @@ def transaction(dest: str | os.PathLike, flag: str, *, keep: str = "all", create
     dest.parent.mkdir(parents=True, exist_ok=True)
     with bundle_lock(dest, flag, wait=wait):
         _recover(dest)
-        replaces = _check_destination(dest, flag, create)   # re-read under the lock
+        old = _check_destination(dest, flag, create)   # re-read under the lock
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=STAGING_SUFFIX, dir=dest.parent))
         try:
             public_dir_mode(staging)
-            if replaces:
-                _link_tree(dest, staging, _dropped_files(dest, keep))
-            yield Staging(staging, dest, replaces)
-            _swap(staging, dest, replaces)
+            if old is not None:
+                _link_tree(dest, staging, None if keep == "all" else _listed_files(old))
+            yield Staging(staging, dest)
+            _swap(staging, dest, replaces=old is not None)
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS:
                 raise
@@ -136,14 +135,15 @@ def transaction(dest: str | os.PathLike, flag: str, *, keep: str = "all", create
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_destination(dest: Path, flag: str, create: bool) -> bool:
-    """Whether ``dest`` holds a bundle to replace; refuses anything that must not be replaced."""
+def _check_destination(dest: Path, flag: str, create: bool) -> Manifest | None:
+    """The manifest of the bundle at ``dest`` that the commit will replace (None: nothing to replace);
+    refuses anything that must not be replaced."""
     if dest.parent == dest:
         raise BundleError(f"{flag} {dest}: a file system root cannot be a bundle; name a bundle directory")
     if not dest.exists():
         if not create:
             raise BundleError(f"{flag} {dest}: not found; create a bundle with `alexnet-deploy export`")
-        return False
+        return None
     if not dest.is_dir():
         raise BundleError(f"{flag} {dest}: exists and is not a directory")
     if os.path.ismount(dest):
@@ -151,23 +151,22 @@ def _check_destination(dest: Path, flag: str, create: bool) -> bool:
                           f"directory inside it (e.g. {dest / 'bundle'})")
     empty = not any(p.name != LEGACY_LOCK_NAME for p in dest.iterdir())
     if empty and create:
-        return False
-    if not is_bundle(dest):
-        raise BundleError(f"{flag} {dest}: exists and is not a bundle (no valid alexnet-deploy {MANIFEST_NAME}); "
-                          "refusing to replace it: choose a new or empty directory")
-    return True
-
-
-def _dropped_files(dest: Path, keep: str) -> set[str] | None:
-    """Relative paths not to carry into the staging copy (None: carry everything)."""
-    if keep == "all":
         return None
-    manifest = read_manifest(dest)
+    try:
+        return read_manifest(dest)
+    except BundleError:
+        raise BundleError(f"{flag} {dest}: exists and is not a bundle (no valid alexnet-deploy {MANIFEST_NAME}); "
+                          "refusing to replace it: choose a new or empty directory") from None
+
+
+def _listed_files(manifest: Manifest) -> set[str]:
+    """The old bundle's own files (its manifest and what it lists), left out of a staging copy that
+    keeps only the user's files."""
     dropped = {MANIFEST_NAME}
     for artifact in manifest.artifacts:
         dropped.add(artifact.file)
         if artifact.kind == "trt-plan":   # the engine's JSON sidecar goes with it
-            dropped.add(str(Path(artifact.file).with_suffix(".json")))
+            dropped.add(sidecar_file(artifact.file))
     return dropped
 
 
