@@ -39,6 +39,63 @@ def test_gpu_resident_batches_have_the_same_pixels_as_ram_batches(data):
         assert torch.equal(a, b.cpu()) and torch.equal(a, c.cpu()) and torch.equal(la, lb.cpu())
 
 
+def test_random_resized_crops_match_on_every_path(data):
+    """The draws are the CPU generator's on every path: the GPU-resident and pinned-RAM batches are
+    the same pixels, and equal the CPU's to the float rounding of the GPU's bilinear sampling."""
+    from alexnet_deploy.alexnet.data import BatchStream, decode_eval, resolve_splits
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+
+    splits = resolve_splits(data, val_split=0.25)
+    spec = PreprocessSpec(resize=72, crop=63)
+    cache = decode_eval(splits.train, spec)
+    common = dict(augment="random-resized-crop", shuffle=True, seed=5)
+    on_cpu = BatchStream(cache, 8, spec, **common)
+    on_gpu = BatchStream(cache.to("cuda"), 8, spec, device="cuda", **common)
+    pinned = BatchStream(cache, 8, spec, device="cuda", **common)
+    for (a, _), (b, _), (c, _) in zip(on_cpu, on_gpu, pinned):
+        assert torch.equal(b, c)
+        assert torch.allclose(a, b.cpu(), atol=1e-3), (a - b.cpu()).abs().max()
+
+
+@pytest.mark.parametrize("where,augment", [("gpu", "crop-flip"), ("ram", "random-resized-crop")])
+def test_training_steps_never_make_the_host_wait_for_the_gpu(data, where, augment):
+    """Between two reads of the statistics nothing waits for the GPU: the batch copy, the
+    augmentation, the step and the statistics run with torch's sync debugging set to raise."""
+    from alexnet_deploy.alexnet.data import BatchStream, decode_eval, resolve_splits, train_spec
+    from alexnet_deploy.alexnet.distributed import DistContext
+    from alexnet_deploy.alexnet.model import build_model
+    from alexnet_deploy.alexnet.train import (TrainConfig, make_optimizer, make_scheduler, on_device,
+                                              train_one_epoch)
+    from alexnet_deploy.deploy.preprocess import PreprocessSpec
+
+    config = TrainConfig(data=str(data), val_split=0.25, image_size=63, resize=72, batch_size=6, device="cuda",
+                         amp=True, width=PIPELINE_WIDTH, augment=augment).resolved()
+    cache = decode_eval(resolve_splits(data, val_split=0.25).train, train_spec(72))
+    stream = BatchStream(cache.to("cuda") if where == "gpu" else cache, 6, PreprocessSpec(72, 63), augment=augment,
+                         shuffle=True, device="cuda")
+    model = on_device(build_model("alexnet2012", 3, width=PIPELINE_WIDTH), "cuda")
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, 2 * len(stream))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    dist = DistContext(device="cuda")
+    train_one_epoch(config, dist, model, optimizer, scheduler, scaler, stream)   # warm-up: cuDNN autotuning
+
+    def without_waits(batches):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from batches
+        finally:   # the one read after the last step may wait
+            torch.cuda.set_sync_debug_mode("default")
+
+    stream.epoch = 1
+    try:
+        sums = train_one_epoch(config, dist, model, optimizer, scheduler, scaler, without_waits(stream),
+                               sync_every=10**6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sums[2] == len(stream.indices())
+
+
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
 def test_a_short_cuda_run_with_the_fused_optimizer(data, tmp_path, amp):
     from alexnet_deploy.alexnet.checkpoint import load_checkpoint

@@ -313,3 +313,33 @@ def test_a_diverging_run_stops_within_one_sync_interval(tiny_data, tmp_path, mon
     monkeypatch.setattr(train_module, "sync_interval", lambda device: 100)   # longer than the epoch
     with pytest.raises(AlexNetDeployError, match="training diverged"):
         train(_config(tiny_data, tmp_path / "nan", epochs=1, lr=1e30, clip_grad=0.0))
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_the_eager_run_and_a_plain_checkpoint(tiny_data, tmp_path):
+    """--compile runs the same training (torch.compile fuses, so equal to float tolerance) and its
+    checkpoints hold the plain model's weights (no compiler wrapper in the names). Without dropout:
+    compiled dropout draws its masks from the compiler's own generator, not eager's."""
+    eager = train(_config(tiny_data, tmp_path / "eager", epochs=1, dropout=0.0))
+    fast = train(_config(tiny_data, tmp_path / "compiled", epochs=1, dropout=0.0, compile=True))
+    a, b = load_checkpoint(eager / "last.pt"), load_checkpoint(fast / "last.pt")
+    for (name, x), (other, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert name == other and torch.allclose(x, y, atol=1e-4), name
+    rows = [json.loads(line) for run in (eager, fast) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_loss"] == pytest.approx(rows[1]["train_loss"], rel=1e-3)
+
+
+def test_compile_without_a_compiler_says_what_is_missing(tiny_data, tmp_path):
+    """A real PATH without any C++ compiler: one line before training starts, not a stack trace."""
+    import subprocess
+    import sys
+
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    run = subprocess.run([sys.executable, "-m", "alexnet_deploy", "train", "--data", str(tiny_data), "--val-split", "0.25",
+                          "--image-size", "63", "--epochs", "1", "--batch-size", "6", "--width", str(PIPELINE_WIDTH),
+                          "--device", "cpu", "--compile", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300, env={"PATH": str(bare), "HOME": str(tmp_path)})
+    assert run.returncode == 1, run.stderr
+    assert "--compile on the CPU needs a C++ compiler" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -74,7 +74,7 @@ class DecodedSet:
     def batches(self, chunks: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """uint8 pixels and labels of each chunk of indices (gathered where the set lives)."""
         for chosen in chunks:
-            chosen = chosen.to(self.images.device)
+            chosen = to_device_nowait(chosen, self.images.device)
             yield self.images[chosen], self.labels[chosen]
 
     def to(self, device: str) -> "DecodedSet":
@@ -301,8 +301,8 @@ def _check_cache_size(count: int, size: int) -> None:
 def normalize(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """uint8 NCHW -> float32 NCHW, the same arithmetic as ``deploy.preprocess.to_chw_float``, on the
     batch's own device."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    mean = to_device_nowait(torch.tensor(spec.mean, dtype=torch.float32), batch.device).view(1, 3, 1, 1)
+    std = to_device_nowait(torch.tensor(spec.std, dtype=torch.float32), batch.device).view(1, 3, 1, 1)
     return (batch.to(torch.float32) / 255.0 - mean) / std
 
 
@@ -314,7 +314,8 @@ def crop_flip(batch: torch.Tensor, crop: int, generator: torch.Generator, flip: 
     top = torch.randint(0, h - crop + 1, (n,), generator=generator)
     left = torch.randint(0, w - crop + 1, (n,), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    top, left, flips = top.to(batch.device), left.to(batch.device), flips.to(batch.device)
+    top, left, flips = to_device_nowait(torch.stack([top, left, flips.long()]), batch.device)   # one copy
+    flips = flips.bool()
     steps = torch.arange(crop, device=batch.device)
     rows = top[:, None] + steps[None, :]
     cols = torch.where(flips[:, None], left[:, None] + crop - 1 - steps[None, :], left[:, None] + steps[None, :])
@@ -328,7 +329,9 @@ def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generat
     """Inception-style random-resized-crop + flip for the whole batch with one ``grid_sample``.
 
     Returns float32 pixels in [0, 255] (bilinear sampling). The default minimum scale is 0.35 rather
-    than torchvision's 0.08 because short CPU runs cannot afford such strong augmentation.
+    than torchvision's 0.08 because short CPU runs cannot afford such strong augmentation. The draws
+    come from the CPU ``generator``; on a GPU the sampling arithmetic is the GPU's, so its pixels
+    equal the CPU's to float rounding (identical between the GPU-resident and pinned-RAM paths).
     """
     n = batch.shape[0]
     area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
@@ -342,7 +345,9 @@ def random_resized_crop(batch: torch.Tensor, crop: int, generator: torch.Generat
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sw * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = sh, cy
-    grid = torch.nn.functional.affine_grid(theta, (n, 3, crop, crop), align_corners=False).to(batch.device)
+    # The grid (n x crop x crop x 2 floats, 4x the batch's uint8 bytes) is computed where the batch is.
+    theta = to_device_nowait(theta, batch.device)
+    grid = torch.nn.functional.affine_grid(theta, [n, 3, crop, crop], align_corners=False)
     return torch.nn.functional.grid_sample(batch.to(torch.float32), grid, mode="bilinear",
                                            padding_mode="border", align_corners=False)
 
@@ -383,8 +388,8 @@ class BatchStream:
         idx = self.indices()
         chunks = (idx[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size,
                                                                           self.batch_size))
-        for pixels, labels in self.data.batches(chunks):
-            yield self._transform(_uint8_to(pixels, self.device), generator), _uint8_to(labels, self.device)
+        for pixels, labels in copied_ahead(self.data.batches(chunks), self.device):
+            yield self._transform(pixels, generator), labels
 
     def _transform(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         crop = self.spec.crop
@@ -398,15 +403,57 @@ class BatchStream:
         return normalize(pixels, self.spec)
 
 
-def _uint8_to(tensor: torch.Tensor, device: str) -> torch.Tensor:
-    """``tensor`` on ``device``: as it is when already there; to a GPU from pinned memory without
-    blocking the host (a quarter of the bytes of the float32 batch it becomes there)."""
+def to_device_nowait(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, without making the host wait: as it is when already there; to a GPU
+    from pinned memory with a non-blocking copy (a plain copy from pageable memory waits for the
+    whole queue of GPU work, one hidden host sync per call)."""
     target = torch.device(device)
     if tensor.device.type == target.type and target.index in (None, tensor.device.index):
         return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if target.type == "cuda":
+        return tensor.pin_memory().to(target, non_blocking=True)
+    return tensor.to(target)
+
+
+def copied_ahead(batches: Iterable[tuple[torch.Tensor, ...]], device: str) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``batches`` on ``device``. To a GPU, host batches are copied from pinned memory on a side
+    stream one batch ahead, so the copy of batch k+1 overlaps the computation on batch k; the
+    consumer's stream waits for each batch's own copy only. Batches already there pass through."""
+    target = torch.device(device)
+    if target.type != "cuda":
+        yield from (tuple(to_device_nowait(t, target) for t in batch) for batch in batches)
+        return
+    side = torch.cuda.Stream(target)
+
+    def start(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.cuda.Event | None]:
+        if all(t.device.type == "cuda" for t in batch):
+            return batch, None   # the GPU-resident cache: nothing to copy
+        with torch.cuda.stream(side):
+            moved = tuple(to_device_nowait(t, target) for t in batch)
+            done = torch.cuda.Event()
+            done.record(side)
+        return moved, done
+
+    def ready(pending: tuple[tuple[torch.Tensor, ...], torch.cuda.Event | None]) -> tuple[torch.Tensor, ...]:
+        moved, done = pending
+        if done is not None:
+            stream = torch.cuda.current_stream(target)
+            stream.wait_event(done)
+            for t in moved:   # memory allocated on the side stream, used on this one
+                t.record_stream(stream)
+        return moved
+
+    pending = None
+    for batch in batches:
+        started = start(batch)
+        if pending is not None:
+            yield ready(pending)
+        pending = started
+    if pending is not None:
+        yield ready(pending)
 
 
 __all__ = ["Splits", "SkippedFile", "DecodedSet", "StreamedSet", "AUGMENTS", "CACHE_MODES", "resolve_splits",
            "stratified_split", "train_spec", "decode_eval", "cache_bytes", "ram_budget",
-           "choose_cache", "normalize", "crop_flip", "random_resized_crop", "BatchStream"]
+           "choose_cache", "normalize", "crop_flip", "random_resized_crop", "BatchStream", "to_device_nowait",
+           "copied_ahead"]

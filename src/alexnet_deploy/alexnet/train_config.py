@@ -78,6 +78,7 @@ class TrainConfig:
     augment: str = "crop-flip"
     cache: str = "auto"  # decoded images in RAM, or decoded per batch when they do not fit
     amp: bool = False
+    compile: bool = False  # torch.compile the training step's model (slow to start, faster per step)
     strict: bool = False
     tensorboard: bool = False
     wandb: str | None = None  # W&B project name; logging only when given
