@@ -6,10 +6,11 @@ each recorded as passed / failed / skipped with its reason, none stopping the ot
 1. the tests marked ``cuda`` (training steps with AMP, the fused optimizer and the scaler on CUDA,
    the same pixels from the GPU-resident and RAM paths, pt-cuda golden vectors, a 1-process NCCL
    DDP run);
-2. ``benchmarks/gpu_train.py`` at 227 px, batch 256 (images/s of each data path against the limit);
+2. ``benchmarks/gpu_train.py --compile`` at 227 px, batch 256, AMP (images/s of each data path
+   against the limit, the limit under torch.compile, the reference recipe's projected time);
 3. a 1-epoch ``alexnet-deploy train --device cuda`` on the bundled sample at 227 px;
-4. ``export`` of that run (fp32 + fp16 ONNX) and ``bench`` with pt-cuda and pt at batch 1 and 16
-   (pt-cuda fp16 vs fp32 latency);
+4. ``export`` of that run (fp32 + fp16 ONNX) and ``bench`` with pt-cuda, pt-cuda-graphs and pt at
+   batch 1 and 16 (pt-cuda fp16 vs fp32 latency, CUDA graphs vs kernel launches);
 5. TensorRT: build-engine, verify and bench of the same bundle when ``tensorrt`` imports (skipped
    with the reason otherwise).
 
@@ -82,9 +83,10 @@ def main() -> int:
     py = [sys.executable]
     no_gpu = None if report["facts"]["gpu"] else "torch sees no CUDA GPU"
     _step(report, "tests marked cuda", py + ["-m", "pytest", "-q", "-m", "cuda", "tests"], 300, no_gpu)
-    _step(report, "benchmarks/gpu_train.py", py + ["benchmarks/gpu_train.py", "--device", "cuda", "--data",
-                                                   str(SAMPLE / "train"), "--json", str(out / "gpu_train.json")],
-          300, no_gpu)
+    _step(report, "benchmarks/gpu_train.py", py + ["benchmarks/gpu_train.py", "--device", "cuda", "--compile",
+                                                   "--data", str(SAMPLE / "train"), "--json",
+                                                   str(out / "gpu_train.json")],
+          420, no_gpu)
     cli = py + ["-m", "alexnet_deploy"]
     run, bundle = out / "run", out / "bundle"
     trained = _step(report, "train 1 epoch at 227 px on cuda",
@@ -93,7 +95,8 @@ def main() -> int:
     exported = _step(report, "export fp32 + fp16", cli + ["export", str(run / "best.pt"), "--out", str(bundle),
                                                          "--fp16", "--verify-data", str(SAMPLE / "val")],
                      600, None if trained else "no trained checkpoint")
-    _step(report, "bench pt-cuda vs pt", cli + ["bench", str(bundle), "--backend", "pt-cuda", "--backend", "pt",
+    _step(report, "bench pt-cuda vs pt", cli + ["bench", str(bundle), "--backend", "pt-cuda", "--backend",
+                                                "pt-cuda-graphs", "--backend", "pt",
                                                 "--precision", "fp32", "--precision", "fp16", "--batch", "1",
                                                 "--batch", "16", "--data", str(SAMPLE / "val"), "--json",
                                                 str(out / "bench.json")],
@@ -127,12 +130,28 @@ def summary(report: dict) -> str:
     for step in report["steps"]:
         detail = step.get("reason") or f"{step.get('seconds')} s"
         lines.append(f"  {step['status']:7s} {step['step']} ({detail})")
-    for name, figure in (report.get("gpu_train") or {}).get("paths", {}).items():
+    trained = report.get("gpu_train") or {}
+    for name, figure in trained.get("paths", {}).items():
         lines.append(f"  train {name}: {figure['images_per_s']} img/s, {figure['ratio_to_limit']} of the limit")
+    if "recipe_projection" in trained:
+        recipe = trained["recipe_projection"]
+        lines.append(f"  reference recipe ({recipe['images']} images) on {recipe['path']}: {recipe['seconds']} s "
+                     "of training steps (projected)")
+    p50 = {}
     for row in (report.get("bench") or {}).get("rows", []):
         if row.get("status") == "ok":
+            p50[row["backend"], row["precision"], row["batch"]] = row["p50_ms"]
             lines.append(f"  bench {row['backend']} {row['precision']} batch {row['batch']}: p50 {row['p50_ms']:.3f} ms")
+    lines += _speedups(p50)
     return "\n".join(lines) + "\n"
+
+
+def _speedups(p50: dict) -> list[str]:
+    """The comparisons the report exists for: fp16 against fp32 on pt-cuda, graphs against launches."""
+    pairs = [(f"pt-cuda fp16 vs fp32, batch {b}", ("pt-cuda", "fp32", b), ("pt-cuda", "fp16", b)) for b in (1, 16)]
+    pairs += [(f"CUDA graphs vs launches, {p} batch {b}", ("pt-cuda", p, b), ("pt-cuda-graphs", p, b))
+              for p in ("fp32", "fp16") for b in (1, 16)]
+    return [f"  {label}: {p50[slow] / p50[fast]:.2f}x" for label, slow, fast in pairs if slow in p50 and fast in p50]
 
 
 if __name__ == "__main__":

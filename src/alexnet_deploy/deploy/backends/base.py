@@ -48,6 +48,7 @@ BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "ort-tensorrt": ("ort", {"provider": "tensorrt"}),
     "ort-trt": ("ort", {"provider": "tensorrt"}),
     "pt-cuda": ("pt", {"device": "cuda"}),
+    "pt-cuda-graphs": ("pt", {"device": "cuda", "cuda_graphs": True}),
 }
 
 # load(backend="auto") tries these in order, per precision, and keeps the first that constructs:
