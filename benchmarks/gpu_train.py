@@ -83,6 +83,18 @@ def _sources(args, config, splits, dist: DistContext) -> dict[str, object]:
     return sources
 
 
+def compiled_or_none(config, dist, model, optimizer, scheduler, scaler, limit):
+    """The model under torch.compile, compiled by two untimed steps; None (with the reason printed)
+    where it cannot compile here, so the other figures are still measured."""
+    try:
+        fast = compiled(model, dist.device)
+        timed(config, dist, fast, optimizer, scheduler, scaler, limit[:2])
+    except Exception as exc:   # any compiler failure: (e) is optional, the run must go on
+        print(f"  (e) limit, compiled: skipped, torch.compile failed here: {str(exc).splitlines()[0][:300]}")
+        return None
+    return fast
+
+
 def main() -> None:
     args = parse_args()
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -100,10 +112,8 @@ def main() -> None:
               torch.randint(0, len(splits.classes), (args.batch_size,), device=device)) for _ in range(args.steps)]
     timed(config, dist, model, optimizer, scheduler, scaler, limit[:2])   # warm-up: allocations, cuDNN autotuning
     rates: dict[str, list[float]] = {"(a) limit": [], **{name: [] for name in sources}}
-    fast = None
-    if args.compile:
-        fast = compiled(model, device)
-        timed(config, dist, fast, optimizer, scheduler, scaler, limit[:2])   # compiles (not timed)
+    fast = compiled_or_none(config, dist, model, optimizer, scheduler, scaler, limit) if args.compile else None
+    if fast is not None:
         rates["(e) limit, compiled"] = []
     for round_ in range(args.rounds):
         rates["(a) limit"].append(timed(config, dist, model, optimizer, scheduler, scaler, limit))

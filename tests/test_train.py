@@ -336,9 +336,9 @@ def test_compile_without_a_compiler_says_what_is_missing(tiny_data, tmp_path):
 
     bare = tmp_path / "bin"
     bare.mkdir()
-    run = subprocess.run([sys.executable, "-m", "alexnet_deploy", "train", "--data", str(tiny_data), "--val-split", "0.25",
-                          "--image-size", "63", "--epochs", "1", "--batch-size", "6", "--width", str(PIPELINE_WIDTH),
-                          "--device", "cpu", "--compile", "--out", str(tmp_path / "run")],
+    run = subprocess.run([sys.executable, "-m", "alexnet_deploy", "train", "--data", str(tiny_data),
+                          "--val-split", "0.25", "--image-size", "63", "--epochs", "1", "--batch-size", "6",
+                          "--width", str(PIPELINE_WIDTH), "--device", "cpu", "--compile", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=300, env={"PATH": str(bare), "HOME": str(tmp_path)})
     assert run.returncode == 1, run.stderr
     assert "--compile on the CPU needs a C++ compiler" in run.stderr and "Traceback" not in run.stderr

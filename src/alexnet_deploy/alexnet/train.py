@@ -305,15 +305,20 @@ def compiled(model: nn.Module, device: str) -> nn.Module:
 
 
 def _check_compiler(device: str) -> None:
-    """torch.compile's code generator needs a C++ compiler for the CPU and Triton for a GPU; say so
-    before training starts rather than in a stack trace at the first step."""
+    """torch.compile's code generator needs a C++ compiler for the CPU, and Triton plus a C compiler
+    (Triton builds its kernel launcher with one) for a GPU; say so before training starts rather
+    than in a stack trace at the first step."""
     if device.startswith("cuda"):
         if importlib.util.find_spec("triton") is None:
             raise AlexNetDeployError("--compile on a GPU needs Triton (pip install triton, or a torch build "
                                      "that ships it); train without --compile")
-    elif not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
-        raise AlexNetDeployError("--compile on the CPU needs a C++ compiler (c++, g++ or clang++ on PATH); "
-                                 "install one or train without --compile")
+        needed, names = "a C compiler (cc, gcc or clang", ("cc", "gcc", "clang")
+    else:
+        needed, names = "a C++ compiler (c++, g++ or clang++", ("c++", "g++", "clang++")
+    if not any(shutil.which(name) for name in names):
+        where = "a GPU" if device.startswith("cuda") else "the CPU"
+        raise AlexNetDeployError(f"--compile on {where} needs {needed} on PATH); install one or train "
+                                 "without --compile")
 
 
 def sync_interval(device: str) -> int:
@@ -410,8 +415,9 @@ def evaluate(model: nn.Module, stream: Iterable, dist: DistContext | None = None
             logits = model(images).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        count = loss.new_full((), float(labels.shape[0]))   # filled on the device: no host wait
         totals += torch.stack([loss, (top[:, 0] == labels).sum().double(),
-                               (top == labels[:, None]).any(1).sum().double(), loss.new_full((), float(labels.shape[0]))])
+                               (top == labels[:, None]).any(1).sum().double(), count])
         tally.advance(labels.shape[0] * (dist.world if dist else 1))
     return totals.cpu().tolist()
 

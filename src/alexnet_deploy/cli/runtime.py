@@ -78,7 +78,8 @@ def _reference_lookup(rows):
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
               help="Labelled image folder (class sub-folders named like the bundle's classes) for accuracy.")
 @click.option("--backend", "backends", multiple=True,
-              help="pt, pt-cuda, ort (=ort-cpu), ov, ort-cuda, ort-tensorrt, trt; repeat for several. Default: all.")
+              help="pt, pt-cuda, pt-cuda-graphs, ort (=ort-cpu), ov, ort-cuda, ort-tensorrt, trt; repeat for "
+                   "several. Default: all but pt-cuda-graphs.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(NAMES),
               help="Repeat for several. Default: fp32, fp16, int8.")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1),

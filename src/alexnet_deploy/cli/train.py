@@ -136,7 +136,8 @@ def _keeping_metrics(render, rows: list[dict]):
 @click.option("--arch", type=_CHOICE_ARCH,
               help="Checkpoint SOURCE: architecture of a plain state_dict (detected when omitted).")
 @click.option("--num-classes", type=int, help="Checkpoint SOURCE: expected class count (checked against it).")
-@click.option("--backend", help="auto (default), ort, ort-cuda, trt, ov, pt or pt-cuda; a checkpoint SOURCE runs on pt.")
+@click.option("--backend", help="auto (default), ort, ort-cuda, trt, ov, pt, pt-cuda or pt-cuda-graphs; "
+                                "a checkpoint SOURCE runs on pt.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 def predict(source: str, images: tuple[str, ...], topk: int, as_json: bool, arch: str | None,
             num_classes: int | None, backend: str | None, strict: bool) -> None:
