@@ -4,8 +4,8 @@ Run on a machine with an NVIDIA GPU and PyTorch with CUDA (no network needed). S
 each recorded as passed / failed / skipped with its reason, none stopping the others:
 
 1. the tests marked ``cuda`` (training steps with AMP, the fused optimizer and the scaler on CUDA,
-   the same pixels from the GPU-resident and RAM paths, pt-cuda golden vectors, a 1-process NCCL
-   DDP run);
+   an epoch under torch's sync debugging set to raise, the same pixels from the GPU-resident and
+   RAM paths, pt-cuda and pt-cuda-graphs golden vectors, a 1-process NCCL DDP run);
 2. ``benchmarks/gpu_train.py --compile`` at 227 px, batch 256, AMP (images/s of each data path
    against the limit, the limit under torch.compile, the reference recipe's projected time);
 3. a 1-epoch ``alexnet-deploy train --device cuda`` on the bundled sample at 227 px;
