@@ -66,8 +66,8 @@ test-aarch64-smoke: install
 	HOST_VENV=$(abspath $(VENV)) bash tools/aarch64/run.sh --smoke
 
 # Every GPU path at once (the tests marked cuda, benchmarks/gpu_train.py, a 227 px CUDA epoch, export,
-# bench pt-cuda and pt-cuda-graphs, TensorRT when it imports): one report in gpu-check/. Uses the venv when there is one,
-# else the machine's own Python with torch (pip install --no-deps -e . first).
+# bench pt-cuda and pt-cuda-graphs, TensorRT when it imports): one report in gpu-check/. Uses the venv
+# when there is one, else the machine's own Python with torch (pip install --no-deps -e . first).
 GPU_CHECK_OUT ?= gpu-check
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
