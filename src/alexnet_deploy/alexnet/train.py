@@ -308,17 +308,15 @@ def _check_compiler(device: str) -> None:
     """torch.compile's code generator needs a C++ compiler for the CPU, and Triton plus a C compiler
     (Triton builds its kernel launcher with one) for a GPU; say so before training starts rather
     than in a stack trace at the first step."""
-    if device.startswith("cuda"):
-        if importlib.util.find_spec("triton") is None:
-            raise AlexNetDeployError("--compile on a GPU needs Triton (pip install triton, or a torch build "
-                                     "that ships it); train without --compile")
-        needed, names = "a C compiler (cc, gcc or clang", ("cc", "gcc", "clang")
-    else:
-        needed, names = "a C++ compiler (c++, g++ or clang++", ("c++", "g++", "clang++")
+    on_gpu = device.startswith("cuda")
+    if on_gpu and importlib.util.find_spec("triton") is None:
+        raise AlexNetDeployError("--compile on a GPU needs Triton (pip install triton, or a torch build "
+                                 "that ships it); train without --compile")
+    where, kind, names = (("a GPU", "C", ("cc", "gcc", "clang")) if on_gpu
+                          else ("the CPU", "C++", ("c++", "g++", "clang++")))
     if not any(shutil.which(name) for name in names):
-        where = "a GPU" if device.startswith("cuda") else "the CPU"
-        raise AlexNetDeployError(f"--compile on {where} needs {needed} on PATH); install one or train "
-                                 "without --compile")
+        raise AlexNetDeployError(f"--compile on {where} needs a {kind} compiler ({', '.join(names[:-1])} or "
+                                 f"{names[-1]} on PATH); install one or train without --compile")
 
 
 def sync_interval(device: str) -> int:
